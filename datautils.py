@@ -1,0 +1,287 @@
+"""Token windows for perplexity evaluation and calibration (RPTQ-METHOD.md sections 3, 8, 11).
+
+Text comes from a local folder laid out like shared/offline-data (argument or env RPTQ_DATA_DIR) or,
+without one, from the Hugging Face hub through `datasets`. Results are cached as torch files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import random
+import socket
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+
+import torch
+
+EVAL_SETS = ("wikitext2", "ptb", "c4")
+CALIB_SETS = ("mix", "wikitext2", "ptb", "c4")
+
+# The protocol's C4 evaluation: 256 random windows drawn with seed 0.
+C4_EVAL_WINDOWS = 256
+C4_EVAL_SEED = 0
+# Bump when the windowing changes, so that old cache files stop matching.
+_CACHE_FORMAT = 1
+
+_LAYOUT_HINT = "point --data_dir or RPTQ_DATA_DIR at a folder laid out like shared/offline-data"
+_C4_LOCAL = "c4/c4-train.00000-of-01024.first1000.jsonl"
+_C4_HUB_FILES = {
+    "validation": "en/c4-validation.00000-of-00008.json.gz",
+    "train": "en/c4-train.00000-of-01024.json.gz",
+}
+
+
+class DataError(Exception):
+    """One clear line: what is wrong and what to do."""
+
+
+def _wikitext_rows(lines):
+    # The Hugging Face wikitext builder yields blank lines as "" and keeps the newline on the others.
+    return [line if line.strip() else "" for line in lines]
+
+
+def _ptb_rows(lines):
+    # The Hugging Face ptb_text_only builder strips every line.
+    return [line.strip() for line in lines]
+
+
+@dataclass(frozen=True)
+class _Source:
+    local: str  # path under the data folder
+    hub_path: str
+    hub_name: str | None
+    hub_split: str
+    column: str
+    line_rows: object = None  # rows from a text file's lines; None: C4 json lines, one document a line
+    docs: tuple[int, int] | None = None  # C4 document range in the local file
+    hub_docs: tuple[int, int] | None = None  # C4 document range in the hub shard
+
+    def local_id(self, root: pathlib.Path) -> str:
+        path = root / self.local
+        if not path.is_file():
+            raise DataError(f"missing {self.local} in {root}: {_LAYOUT_HINT}")
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|docs={self.docs}"
+
+    def hub_id(self) -> str:
+        return f"hub|{self.hub_path}|{self.hub_name}|{self.hub_split}|{self.column}|docs={self.hub_docs}"
+
+    def local_rows(self, root: pathlib.Path) -> list[str]:
+        path = root / self.local
+        with open(path, encoding="utf-8") as f:
+            if self.line_rows is not None:
+                return self.line_rows(f)
+            lines = f.readlines()
+        start, stop = self.docs
+        if len(lines) < stop:
+            raise DataError(f"{path} holds {len(lines)} documents, {stop} needed: {_LAYOUT_HINT}")
+        return [json.loads(line)[self.column] for line in lines[start:stop]]
+
+    def hub_rows(self) -> list[str]:
+        what = f"{self.hub_path} ({self.hub_split})"
+        advice = "pass --data_dir DIR or set RPTQ_DATA_DIR (layout: shared/offline-data)"
+        offline = any(
+            os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+            for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        )
+        if not offline:
+            # `datasets` retries for a long time when the network is down; find out in 3 seconds instead.
+            endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+            port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+            try:
+                socket.create_connection((endpoint.hostname, port), timeout=3).close()
+            except OSError:
+                raise DataError(f"cannot reach the Hugging Face hub to download {what}; {advice}") from None
+        import datasets  # slow import, only needed on this path
+
+        data_files = {self.hub_split: _C4_HUB_FILES[self.hub_split]} if self.hub_docs else None
+        try:
+            ds = datasets.load_dataset(self.hub_path, self.hub_name, split=self.hub_split, data_files=data_files)
+        except Exception as e:  # any hub failure becomes one line of advice, not a long traceback
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            mode = " in offline mode (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)" if offline else ""
+            raise DataError(f"cannot load {what} from the Hugging Face hub{mode}: {reason}; {advice}") from None
+        if self.hub_docs:
+            return ds[self.hub_docs[0] : self.hub_docs[1]][self.column]
+        return ds[self.column]
+
+
+_WIKI_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+_PTB_HUB = ("ptb-text-only/ptb_text_only", "penn_treebank")
+_SOURCES = {
+    ("wikitext2", "eval"): _Source("wikitext-2-raw/wiki.test.raw", *_WIKI_HUB, "test", "text", _wikitext_rows),
+    # The WikiText-2 training split is not available offline: its validation split stands in.
+    ("wikitext2", "calib"): _Source("wikitext-2/wiki.valid.tokens", *_WIKI_HUB, "train", "text", _wikitext_rows),
+    ("ptb", "eval"): _Source("ptb/ptb.valid.txt", *_PTB_HUB, "validation", "sentence", _ptb_rows),
+    # The PTB training split is not available offline: its test split stands in.
+    ("ptb", "calib"): _Source("ptb/ptb.test.txt", *_PTB_HUB, "train", "sentence", _ptb_rows),
+    # Offline, C4 is evaluated on a proxy (train documents 500-999); on the hub, on the first 1100
+    # documents of the validation shard, as GPTQ does.
+    ("c4", "eval"): _Source(_C4_LOCAL, "allenai/c4", None, "validation", "text", docs=(500, 1000), hub_docs=(0, 1100)),
+    # Documents 0-499 of train shard 00000: the same text locally and on the hub.
+    ("c4", "calib"): _Source(_C4_LOCAL, "allenai/c4", None, "train", "text", docs=(0, 500), hub_docs=(0, 500)),
+}
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
+    """The data folder: the argument, else env RPTQ_DATA_DIR, else None (use the Hugging Face hub)."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get("RPTQ_DATA_DIR") or None
+    if chosen is None:
+        return None
+    path = pathlib.Path(chosen).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data folder {path} does not exist: {_LAYOUT_HINT}")
+    return path.resolve()
+
+
+def eval_label(name: str, data_dir) -> str:
+    """The name to report a perplexity under; local C4 is a proxy and must say so."""
+    _check_name(name, EVAL_SETS)
+    if name == "c4" and resolve_data_dir(data_dir) is not None:
+        return "c4-proxy"
+    return name
+
+
+def load_text(name: str, purpose: str, data_dir=None) -> str:
+    """The whole text of a set ("eval" or "calib"), rows joined with a blank line as the protocol does."""
+    _check_name(name, EVAL_SETS)
+    _check_name(purpose, ("eval", "calib"), "purpose")
+    root = resolve_data_dir(data_dir)
+    source = _SOURCES[(name, purpose)]
+    _source_id(source, root)  # raises the missing-file error before any reading
+    return _text(source, root)
+
+
+def get_eval_windows(name, tokenizer, seqlen=2048, data_dir=None, cache_dir=None) -> torch.Tensor:
+    """[n_windows, seqlen] token ids of a test text, tokenized once.
+
+    wikitext2 and ptb: consecutive non-overlapping windows, tail dropped.
+    c4: 256 windows at random offsets (seed 0), which may overlap.
+    """
+    _check_name(name, EVAL_SETS)
+    _check_positive(seqlen=seqlen)
+    root = resolve_data_dir(data_dir)
+    source = _SOURCES[(name, "eval")]
+    key = {"set": name, "purpose": "eval", "seqlen": seqlen, "source": _source_id(source, root)}
+    if name == "c4":
+        key.update(nsamples=C4_EVAL_WINDOWS, seed=C4_EVAL_SEED)
+
+    def build():
+        ids = _tokenize(source, root, tokenizer)
+        if name == "c4":
+            return _random_windows(ids, seqlen, C4_EVAL_WINDOWS, random.Random(C4_EVAL_SEED), name)
+        if ids.numel() < seqlen:
+            raise DataError(f"{name} test text has {ids.numel()} tokens, fewer than seqlen={seqlen}")
+        n = ids.numel() // seqlen
+        return ids[: n * seqlen].reshape(n, seqlen)
+
+    return _cached(key, tokenizer, cache_dir, build)
+
+
+def get_calib_windows(name, tokenizer, nsamples, seed, seqlen=2048, data_dir=None, cache_dir=None) -> torch.Tensor:
+    """[nsamples, seqlen] random slices of calibration token streams, drawn with random.Random(seed).
+
+    mix: exactly nsamples rows, split as evenly as possible over wikitext2, ptb, c4 (in that order).
+    """
+    _check_name(name, CALIB_SETS)
+    _check_positive(seqlen=seqlen, nsamples=nsamples)
+    root = resolve_data_dir(data_dir)
+    parts = EVAL_SETS if name == "mix" else (name,)
+    base, extra = divmod(nsamples, len(parts))
+    counts = [base + (i < extra) for i in range(len(parts))]
+    sources = [_SOURCES[(part, "calib")] for part in parts]
+    key = {
+        "set": name,
+        "purpose": "calib",
+        "seqlen": seqlen,
+        "nsamples": nsamples,
+        "seed": seed,
+        "source": [_source_id(s, root) for s in sources],
+    }
+
+    def build():
+        rng = random.Random(seed)  # one generator for all parts, drawn in a fixed order
+        rows = [
+            _random_windows(_tokenize(s, root, tokenizer), seqlen, count, rng, part)
+            for part, s, count in zip(parts, sources, counts)
+            if count
+        ]
+        return torch.cat(rows)
+
+    return _cached(key, tokenizer, cache_dir, build)
+
+
+def _check_name(name, allowed, what="data set"):
+    if name not in allowed:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
+
+
+def _check_positive(**values):
+    for label, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+
+
+def _source_id(source: _Source, root: pathlib.Path | None) -> str:
+    return source.hub_id() if root is None else source.local_id(root)
+
+
+def _text(source: _Source, root: pathlib.Path | None) -> str:
+    return "\n\n".join(source.hub_rows() if root is None else source.local_rows(root))
+
+
+def _tokenize(source: _Source, root, tokenizer) -> torch.Tensor:
+    # The whole text at once with default special tokens: a BOS-adding tokenizer (OPT) puts one BOS at the start.
+    return tokenizer(_text(source, root), return_tensors="pt").input_ids[0]
+
+
+def _random_windows(ids: torch.Tensor, seqlen: int, count: int, rng: random.Random, name: str) -> torch.Tensor:
+    if ids.numel() < seqlen + 1:
+        raise DataError(f"{name} text has {ids.numel()} tokens, fewer than seqlen+1={seqlen + 1}")
+    starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(count)]
+    return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def _tokenizer_id(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        identity = backend.to_str()
+    else:
+        identity = json.dumps([tokenizer.name_or_path, sorted(tokenizer.get_vocab().items())])
+    flags = [getattr(tokenizer, attr, None) for attr in ("add_bos_token", "add_eos_token")]
+    return hashlib.sha256((identity + json.dumps(flags)).encode("utf-8")).hexdigest()
+
+
+def _cache_folder(cache_dir) -> pathlib.Path | None:
+    if cache_dir is False:
+        return None
+    if cache_dir is None:
+        cache_dir = os.environ.get("RPTQ_CACHE_DIR") or "~/.cache/rptq"
+    return pathlib.Path(cache_dir).expanduser()
+
+
+def _cached(key: dict, tokenizer, cache_dir, build) -> torch.Tensor:
+    folder = _cache_folder(cache_dir)
+    if folder is None:
+        return build()
+    key = {**key, "format": _CACHE_FORMAT, "tokenizer": _tokenizer_id(tokenizer)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+    path = folder / f"{key['purpose']}-{key['set']}-{key['seqlen']}-{digest}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    windows = build()
+    folder.mkdir(parents=True, exist_ok=True)
+    # Temp file in the same folder, then an atomic rename: readers never see a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(windows, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return windows

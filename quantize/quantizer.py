@@ -1,0 +1,123 @@
+"""Asymmetric uniform quantization as pure functions, plus the per-cluster activation quantizer module.
+
+Grids (RPTQ-METHOD.md section 2), both with 2^k signed levels [-2^(k-1), 2^(k-1) - 1]:
+- "paper": s = (max - min) / 2^k, z = -round((max + min) / (2 s)); the top level maps to 2^(k-1) and is
+  clamped, so the reference loses one bin. The default, to reproduce the published numbers.
+- "full":  s = (max - min) / (2^k - 1), z chosen so that min maps to the lowest level: every level is used.
+"""
+import torch
+from torch import nn
+
+GRIDS = ("paper", "full")
+MIN_RANGE = 1e-8  # keeps scales strictly positive for constant channels
+
+
+def qrange(bits):
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def choose_qparams(xmin, xmax, bits, grid="paper"):
+    """Scale and zero point (same shape as xmin/xmax) for the range [xmin, xmax]."""
+    xmin, xmax = xmin.float(), xmax.float()
+    span = (xmax - xmin).clamp(min=MIN_RANGE)
+    qmin, _ = qrange(bits)
+    if grid == "paper":
+        scale = span / 2 ** bits
+        zero = -torch.round((xmax + xmin) / (2 * scale))
+    elif grid == "full":
+        scale = span / (2 ** bits - 1)
+        zero = qmin - torch.round(xmin / scale)
+    else:
+        raise ValueError(f"unknown grid '{grid}' (choose from {GRIDS})")
+    return scale, zero
+
+
+def quantize(x, scale, zero, bits):
+    qmin, qmax = qrange(bits)
+    return torch.clamp(torch.round(x / scale) + zero, qmin, qmax)
+
+
+def dequantize(q, scale, zero):
+    return (q - zero) * scale
+
+
+def fake_quantize(x, scale, zero, bits):
+    """dequantize(quantize(x)) in x's dtype, computed in float32."""
+    qmin, qmax = qrange(bits)
+    y = x.float().div(scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+    return y.to(x.dtype)
+
+
+def cluster_index(sizes):
+    """Cluster id of each channel when clusters are contiguous with the given sizes: [3, 2] -> [0, 0, 0, 1, 1]."""
+    sizes = torch.as_tensor(sizes, dtype=torch.long)
+    return torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+
+
+def cluster_minmax(x, index, n_clusters):
+    """Per-cluster min and max of x [..., C] over all tokens and over the channels of each cluster."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    return reduce_channels(flat.amin(0), flat.amax(0), index, n_clusters)
+
+
+def reduce_channels(ch_min, ch_max, index, n_clusters):
+    """Per-channel ranges [..., C] -> per-cluster ranges [..., K] (min of mins, max of maxes)."""
+    shape = (*ch_min.shape[:-1], n_clusters)
+    idx = index.to(ch_min.device).expand_as(ch_min)
+    lo = torch.full(shape, float("inf"), device=ch_min.device).scatter_reduce(-1, idx, ch_min.float(), "amin")
+    hi = torch.full(shape, float("-inf"), device=ch_min.device).scatter_reduce(-1, idx, ch_max.float(), "amax")
+    return lo, hi
+
+
+class ActQuantizer(nn.Module):
+    """Fake-quantizes the last dimension of an activation with one (scale, zero) per channel cluster.
+
+    Static: ranges come from calibration through set_ranges(). Dynamic: ranges are taken from each forward's
+    own tensor (all its tokens), still per cluster.
+    """
+
+    def __init__(self, bits, cluster_sizes, grid="paper", dynamic=False):
+        super().__init__()
+        self.bits, self.grid, self.dynamic = bits, grid, dynamic
+        index = cluster_index(cluster_sizes)
+        self.n_clusters = len(cluster_sizes)
+        self.register_buffer("index", index)
+        self.register_buffer("scale", torch.ones(len(index)))
+        self.register_buffer("zero", torch.zeros(len(index)))
+        self.calibrated = dynamic
+
+    @torch.no_grad()
+    def set_ranges(self, xmin, xmax):
+        """xmin, xmax: [n_clusters] ranges; stored expanded to one (scale, zero) per channel."""
+        scale, zero = choose_qparams(xmin, xmax, self.bits, self.grid)
+        self.scale.copy_(scale[self.index])
+        self.zero.copy_(zero[self.index])
+        self.calibrated = True
+
+    def forward(self, x):
+        if self.dynamic:
+            lo, hi = cluster_minmax(x, self.index, self.n_clusters)
+            scale, zero = choose_qparams(lo, hi, self.bits, self.grid)
+            return fake_quantize(x, scale[self.index], zero[self.index], self.bits)
+        if not self.calibrated:
+            raise RuntimeError("static activation quantizer used before calibration")
+        return fake_quantize(x, self.scale, self.zero, self.bits)
+
+    def extra_repr(self):
+        mode = "dynamic" if self.dynamic else "static"
+        return f"bits={self.bits}, clusters={self.n_clusters}, grid={self.grid}, {mode}"
+
+
+class ProbQuantizer(nn.Module):
+    """Softmax probabilities on a fixed grid over [0, 1]: round(p * (2^bits - 1)) / (2^bits - 1)."""
+
+    def __init__(self, bits=8):
+        super().__init__()
+        self.bits = bits
+        self.levels = 2 ** bits - 1
+
+    def forward(self, p):
+        return p.mul(self.levels).round_().div_(self.levels)
+
+    def extra_repr(self):
+        return f"bits={self.bits}"

@@ -1,0 +1,1 @@
+"""The RPTQ method's orchestration: calibration statistics, clustering, reorder, the pipeline, evaluation."""

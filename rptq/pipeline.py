@@ -1,0 +1,200 @@
+"""The layer-by-layer RPTQ pipeline (RPTQ-METHOD.md section 3): for each decoder layer, on its calibration
+inputs (the outputs of the layers before it, already quantized):
+  (a) record per-channel ranges at every site (and GPTQ Hessians) on the float layer,
+  (b) cluster each reorder point and fold its permutation into the weights,
+  (c) build the per-cluster activation quantizers from the recorded ranges,
+  (d) quantize the weights (per output row and per input cluster),
+  (e) run the quantized layer: its outputs are the next layer's inputs.
+Only the current layer sits on the device."""
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from quantize import GPTQ, ActQuantizer, ProbQuantizer, quantize_rtn
+from quantize.attention import ATTN_IMPLEMENTATION
+
+from .cluster import cluster_channels
+from .reorder import apply_reorder
+from .stats import SiteObserver, channel_ranges, cluster_ranges
+
+POINTS = ("R1", "R2", "R3", "R4", "R5")
+DEFAULT_CLUSTERS = {"R1": 32, "R2": 4, "R3": 4, "R4": 32, "R5": 32}
+FLOAT_BITS = 16
+PROB_BITS_REFERENCE = 8
+NORM_BITS_REFERENCE = 8
+
+
+@dataclass
+class RPTQConfig:
+    wbits: int = 4
+    abits: int = 4
+    clusters: dict = field(default_factory=lambda: dict(DEFAULT_CLUSTERS))
+    reorder: str = "12345"            # which of R1..R5 are clustered; the others get one cluster
+    metric: str = "ema_minmax"
+    w_quantizer: str = "gptq"         # or "normal": round-to-nearest
+    percdamp: float = 0.01
+    only_quant_kv: bool = False       # quantize weights and K/V only (the W4A4KV rows)
+    a_dynamic: bool = False
+    grid: str = "paper"               # or "full": the 2^k - 1 grid
+    bit_mode: str = "reference"       # or "strict": norm outputs and probabilities at abits too
+    device: str = "cpu"
+
+    @property
+    def label(self):
+        return f"W{self.wbits}A{self.abits}" + ("KV" if self.only_quant_kv else "")
+
+    def site_bits(self, kind):
+        """Bits of an activation site of this kind, None when it stays in floating point (section 6)."""
+        if self.abits >= FLOAT_BITS or (self.only_quant_kv and kind != "kv"):
+            return None
+        if kind == "norm" and self.bit_mode == "reference":
+            return max(NORM_BITS_REFERENCE, self.abits)
+        return self.abits
+
+    @property
+    def prob_bits(self):
+        if self.abits >= FLOAT_BITS or self.only_quant_kv:
+            return None
+        return PROB_BITS_REFERENCE if self.bit_mode == "reference" else self.abits
+
+    def point_clusters(self, name):
+        return self.clusters[name] if name[1] in self.reorder else 1
+
+    def describe(self):
+        """Every quantizer setting that produced a number, for its label."""
+        return {"label": self.label, "wbits": self.wbits, "abits": self.abits, "w_quantizer": self.w_quantizer,
+                "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid, "bit_mode": self.bit_mode,
+                "a_dynamic": self.a_dynamic, "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
+                "clusters": {p: self.point_clusters(p) for p in POINTS},
+                "norm_bits": self.site_bits("norm"), "prob_bits": self.prob_bits}
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_layer_inputs(model, adapter, windows, device):
+    """Run the embeddings on each window and keep what the first decoder layer receives."""
+    layers = adapter.layers(model)
+    inputs, kwargs = [], {}
+    first = layers[0]
+
+    class Catcher(torch.nn.Module):
+        def forward(self, hidden_states, **kw):
+            inputs.append(hidden_states)
+            kwargs.update(kw)
+            raise _Captured
+
+    layers[0] = Catcher()
+    for m in adapter.embedding_modules(model):
+        m.to(device)
+    try:
+        for window in windows:
+            try:
+                model(window.unsqueeze(0).to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        layers[0] = first
+        for m in adapter.embedding_modules(model):
+            m.to("cpu")
+    return inputs, kwargs
+
+
+@torch.no_grad()
+def run_layer(layer, inputs, kwargs):
+    outs = []
+    for x in inputs:
+        out = layer(x, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
+@torch.no_grad()
+def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
+    """Steps (a)-(d) on one layer (already on the device); returns the cluster sizes of each point."""
+    points = adapter.reorder_points(layer)
+    linears = {id(lin): lin for p in points for lin in p.consumers}
+    use_gptq = cfg.wbits < FLOAT_BITS and cfg.w_quantizer == "gptq"
+
+    t = time.perf_counter()  # (a)
+    observers = {id(s): (s, SiteObserver(s)) for p in points for s in p.sites}
+    gptq, handles = {}, []
+    if use_gptq:
+        for key, lin in linears.items():
+            gptq[key] = GPTQ(lin)
+            handles.append(lin.register_forward_pre_hook(lambda mod, args, g=gptq[key]: g.add_batch(args[0])))
+    run_layer(layer, inputs, kwargs)
+    stats = {key: obs.remove() for key, (_, obs) in observers.items()}
+    for h in handles:
+        h.remove()
+    timings["calibration"] += time.perf_counter() - t
+
+    t = time.perf_counter()  # (b)
+    sizes_of, input_sizes = {}, {}
+    for p in points:
+        k = cfg.point_clusters(p.name)
+        if k > 1:
+            features = torch.cat([torch.stack(channel_ranges(*stats[id(s)], cfg.metric)[::-1], 1)
+                                  for s in p.cluster_on], 1)  # per channel: (max, min) of each clustered site
+            perm, sizes = cluster_channels(features, k, p.heads, p.name)
+            apply_reorder(p, perm)
+            for s in p.sites:
+                mins, maxs = stats[id(s)]
+                stats[id(s)] = (mins[:, perm], maxs[:, perm])
+            for lin in p.consumers:
+                if id(lin) in gptq:
+                    gptq[id(lin)].permute(perm)
+        else:
+            sizes = [p.channels]
+        sizes_of[p.name] = sizes
+        for lin in p.consumers:
+            input_sizes[id(lin)] = sizes
+    timings["clustering"] += time.perf_counter() - t
+
+    for p in points:  # (c)
+        for s in p.sites:
+            bits = cfg.site_bits(s.kind)
+            if bits is None:
+                continue
+            quantizer = ActQuantizer(bits, sizes_of[p.name], cfg.grid, cfg.a_dynamic).to(cfg.device)
+            if not cfg.a_dynamic:
+                quantizer.set_ranges(*cluster_ranges(*stats[id(s)], sizes_of[p.name], cfg.metric))
+            s.attach_quantizer(quantizer)
+    if cfg.prob_bits is not None:
+        adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
+
+    t = time.perf_counter()  # (d)
+    if cfg.wbits < FLOAT_BITS:
+        for key, lin in linears.items():
+            if use_gptq:
+                gptq[key].quantize(input_sizes[key], cfg.wbits, cfg.grid, cfg.percdamp)
+            else:
+                quantize_rtn(lin, input_sizes[key], cfg.wbits, cfg.grid)
+    timings["weight_quantization"] += time.perf_counter() - t
+    return sizes_of
+
+
+@torch.no_grad()
+def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True):
+    """Quantize the model in place; returns timings per stage (seconds) and cluster counts."""
+    if cfg.prob_bits is not None:
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    timings = defaultdict(float)
+    t = time.perf_counter()
+    inputs, kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)
+    timings["capture"] += time.perf_counter() - t
+    clusters = []
+    for layer in tqdm(adapter.layers(model), desc=f"RPTQ {cfg.label}", disable=not progress):
+        layer.to(cfg.device)
+        clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, timings))
+        t = time.perf_counter()  # (e)
+        inputs = run_layer(layer, inputs, kwargs)
+        timings["layer_outputs"] += time.perf_counter() - t
+        layer.to("cpu")
+    return {"timings_s": dict(timings),
+            "clusters_per_layer": [{name: len(s) for name, s in c.items()} for c in clusters]}

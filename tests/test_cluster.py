@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from quantize import ActQuantizer
+from rptq.cluster import ClusterError, cluster_channels
+from rptq.stats import channel_ranges, cluster_ranges, reduce_samples
+
+
+def _activations(seed=0, tokens=256, channels=96):
+    gen = torch.Generator().manual_seed(seed)
+    spread = torch.exp(2 * torch.randn(channels, generator=gen))  # ranges over ~3 orders of magnitude
+    shift = torch.randn(channels, generator=gen) * spread
+    return torch.randn(4, tokens, channels, generator=gen) * spread + shift  # 4 calibration samples
+
+
+def _per_sample_stats(x):
+    return x.amin(1), x.amax(1)  # [S, C]
+
+
+def _clustered_mse(x, k):
+    mins, maxs = _per_sample_stats(x)
+    lo, hi = channel_ranges(mins, maxs, "minmax")
+    perm, sizes = cluster_channels(torch.stack([hi, lo], 1), k)
+    q = ActQuantizer(4, sizes)
+    q.set_ranges(*cluster_ranges(mins[:, perm], maxs[:, perm], sizes, "minmax"))
+    xp = x[..., perm]
+    return ((q(xp) - xp).pow(2).mean((0, 1)) / xp.var((0, 1))).mean().item()
+
+
+def test_more_clusters_never_hurt_on_the_calibration_data():
+    x = _activations()
+    errors = [_clustered_mse(x, k) for k in (1, 2, 4, 8, 16, 32, 96)]
+    assert all(b <= a * 1.001 for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0] / 20
+
+
+def test_clustering_is_deterministic_and_groups_similar_ranges():
+    hi = torch.tensor([1.0, 50.0, 1.1, 49.0, 0.9, 51.0])
+    features = torch.stack([hi, -hi], 1)
+    perm, sizes = cluster_channels(features, 2)
+    perm2, sizes2 = cluster_channels(features, 2)
+    assert torch.equal(perm, perm2) and sizes == sizes2
+    assert sorted(sizes) == [3, 3]
+    groups = [set(perm[:sizes[0]].tolist()), set(perm[sizes[0]:].tolist())]
+    assert {0, 2, 4} in groups and {1, 3, 5} in groups
+
+
+def test_per_head_clustering_keeps_heads_contiguous():
+    features = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    perm, sizes = cluster_channels(features, 3, heads=4)
+    assert len(sizes) == 12 and sum(sizes) == 32
+    for h in range(4):
+        assert sorted(perm[h * 8:(h + 1) * 8].tolist()) == list(range(h * 8, (h + 1) * 8))
+
+
+def test_more_clusters_than_channels_is_a_clear_error():
+    with pytest.raises(ClusterError, match="R2 asks for 9 clusters but has only 8 channels per head"):
+        cluster_channels(torch.randn(16, 4), 9, heads=2, name="R2")
+
+
+def test_ema_minmax_first_sample_sets_the_range():
+    values = torch.tensor([[10.0], [0.0], [0.0]])
+    assert reduce_samples(values, "ema_minmax", largest=True).item() == pytest.approx(10 * 0.99 ** 2)
+    assert reduce_samples(values, "minmax", largest=True).item() == 10.0

