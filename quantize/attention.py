@@ -24,12 +24,12 @@ def visible_key_count(mask, r0, r1):
 
 def quantized_prob_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned."""
-    b, h, t, d = query.shape
+    b, h, t, _ = query.shape
     groups = h // key.shape[1]  # grouped-query attention: one K/V head serves `groups` Q heads
     if groups > 1:
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     prob_quant = getattr(module, "rptq_prob_quant", None)
-    out = query.new_empty(b, h, t, d)
+    out = query.new_empty(b, h, t, value.shape[-1])
     for r0 in range(0, t, QUERY_BLOCK):
         r1 = min(r0 + QUERY_BLOCK, t)
         s = visible_key_count(attention_mask, r0, r1) or key.shape[2]

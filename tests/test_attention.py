@@ -1,0 +1,41 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantize import ProbQuantizer
+from quantize.attention import QUERY_BLOCK, quantized_prob_attention
+
+
+def _additive_causal_mask(q_len, k_len):
+    """Query i (the last q_len positions of k_len) sees keys 0..k_len - q_len + i."""
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+    return torch.zeros(q_len, k_len).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+
+
+@pytest.mark.parametrize("q_len, k_len, kv_heads", [(QUERY_BLOCK + 44, QUERY_BLOCK + 44, 4),  # crosses a block
+                                                     (3, 40, 4),       # decoding with a cache
+                                                     (70, 70, 2)])     # grouped-query attention
+def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, q_len, 16, generator=gen)
+    k, v = (torch.randn(1, kv_heads, k_len, 16, generator=gen) for _ in range(2))
+    mask = _additive_causal_mask(q_len, k_len)
+    out, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=0.25)
+    groups = 4 // kv_heads
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
+                                         attn_mask=mask, scale=0.25)
+    assert out.shape == (1, q_len, 4, 16)
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+
+
+def test_probabilities_are_quantized_when_the_module_asks():
+    gen = torch.Generator().manual_seed(1)
+    q, k = torch.randn(1, 2, 8, 4, generator=gen), torch.randn(1, 2, 8, 4, generator=gen)
+    v = torch.eye(8).expand(1, 2, 8, 8)  # identity values: the output rows are the probabilities themselves
+    module = nn.Module()
+    module.rptq_prob_quant = ProbQuantizer(3)
+    out, _ = quantized_prob_attention(module, q, k, v, _additive_causal_mask(8, 8), scaling=1.0)
+    probs = out.transpose(1, 2)
+    assert torch.allclose(probs * 7, torch.round(probs * 7), atol=1e-5)  # every value on the 3-bit grid
+    assert (probs[..., 0, 1:] == 0).all()  # the mask still holds
