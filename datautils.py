@@ -118,6 +118,21 @@ _SOURCES = {
 }
 
 
+def atomic_write(path, write, binary=False):
+    """write(file) into a temporary file beside path, then rename it: readers never see half a file and an
+    interrupted run leaves the previous version intact."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def hub_offline() -> bool:
     """The user asked Hugging Face libraries to use their local cache only."""
     return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
@@ -282,14 +297,5 @@ def _cached(key: dict, tokenizer, cache_dir, build) -> torch.Tensor:
     if path.is_file():
         return torch.load(path, weights_only=True)
     windows = build()
-    folder.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder, then an atomic rename: readers never see a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(windows, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(windows, f), binary=True)
     return windows

@@ -1,25 +1,14 @@
 """Result files and the stdout table."""
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
+
+from datautils import atomic_write
 
 
 def write_json_atomic(path, obj):
-    """Write to a temporary file beside the target, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
 
 
 def versions():
