@@ -188,8 +188,9 @@ def run(args):
                 rows.append([f"{task} {metric}", f"{100 * value:.2f}", "", ""])
     record["status"] = "complete"
     write_json_atomic(out, record)
-    print(f"\n{args.model}  {label}" + (f"  ({cfg.bit_mode} bits, {cfg.grid} grid, {cfg.metric}, "
-                                        f"{cfg.w_quantizer})" if run_rptq else ""))
+    ranges = "dynamic" if cfg.a_dynamic else cfg.metric
+    mode = f"  ({cfg.bit_mode} bits, {cfg.grid} grid, {ranges} ranges, {cfg.w_quantizer} weights)" if run_rptq else ""
+    print(f"\n{args.model}  {label}{mode}")
     print(format_table(["eval", "value", "windows", "s/window"], rows))
     print(f"results: {out}")
     return 0

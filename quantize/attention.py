@@ -33,7 +33,7 @@ def quantized_prob_attention(module, query, key, value, attention_mask, scaling,
     for r0 in range(0, t, QUERY_BLOCK):
         r1 = min(r0 + QUERY_BLOCK, t)
         s = visible_key_count(attention_mask, r0, r1) or key.shape[2]
-        scores = torch.matmul(query[:, :, r0:r1], key[:, :, :s].transpose(-1, -2)).mul_(scaling)
+        scores = torch.matmul(query[:, :, r0:r1] * scaling, key[:, :, :s].transpose(-1, -2))  # scale the smaller
         if attention_mask is not None:
             scores += attention_mask[..., r0:r1, :s]
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)

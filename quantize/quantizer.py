@@ -46,7 +46,7 @@ def fake_quantize(x, scale, zero, bits):
     integer, so clamp(round(x / s) + z, qmin, qmax) - z == clamp(round(x / s), qmin - z, qmax - z)."""
     qmin, qmax = qrange(bits)
     zero = torch.as_tensor(zero, dtype=torch.float32)
-    return torch.round(x.float() / scale).clamp_(qmin - zero, qmax - zero).mul_(scale).to(x.dtype)
+    return torch.div(x.float(), scale).round_().clamp_(qmin - zero, qmax - zero).mul_(scale).to(x.dtype)
 
 
 def cluster_index(sizes):
