@@ -29,6 +29,7 @@ _CACHE_FORMAT = 1
 
 _LAYOUT_HINT = "point --data_dir or RPTQ_DATA_DIR at a folder laid out like shared/offline-data"
 _C4_LOCAL = "c4/c4-train.00000-of-01024.first1000.jsonl"
+_C4_HUB = "allenai/c4"
 _C4_HUB_FILES = {
     "validation": "en/c4-validation.00000-of-00008.json.gz",
     "train": "en/c4-train.00000-of-01024.json.gz",
@@ -89,7 +90,7 @@ class _Source:
             raise DataError(f"cannot reach the Hugging Face hub to download {what}; {advice}")
         import datasets  # slow import, only needed on this path
 
-        data_files = {self.hub_split: _C4_HUB_FILES[self.hub_split]} if self.hub_docs else None
+        data_files = {self.hub_split: _C4_HUB_FILES[self.hub_split]} if self.hub_path == _C4_HUB else None
         try:
             ds = datasets.load_dataset(self.hub_path, self.hub_name, split=self.hub_split, data_files=data_files)
         except Exception as e:  # any hub failure becomes one line of advice, not a long traceback
@@ -110,11 +111,11 @@ _SOURCES = {
     ("ptb", "eval"): _Source("ptb/ptb.valid.txt", *_PTB_HUB, "validation", "sentence", _ptb_rows),
     # The PTB training split is not available offline: its test split stands in.
     ("ptb", "calib"): _Source("ptb/ptb.test.txt", *_PTB_HUB, "train", "sentence", _ptb_rows),
-    # Offline, C4 is evaluated on a proxy (train documents 500-999); on the hub, on the first 1100
-    # documents of the validation shard, as GPTQ does.
-    ("c4", "eval"): _Source(_C4_LOCAL, "allenai/c4", None, "validation", "text", docs=(500, 1000), hub_docs=(0, 1100)),
+    # Offline, C4 is evaluated on a proxy (train documents 500-999, joined); on the hub, on windows inside
+    # random long documents of the whole first validation shard, as the reference samples them.
+    ("c4", "eval"): _Source(_C4_LOCAL, _C4_HUB, None, "validation", "text", docs=(500, 1000)),
     # Documents 0-499 of train shard 00000: the same text locally and on the hub.
-    ("c4", "calib"): _Source(_C4_LOCAL, "allenai/c4", None, "train", "text", docs=(0, 500), hub_docs=(0, 500)),
+    ("c4", "calib"): _Source(_C4_LOCAL, _C4_HUB, None, "train", "text", docs=(0, 500), hub_docs=(0, 500)),
 }
 
 
@@ -179,11 +180,23 @@ def load_text(name: str, purpose: str, data_dir=None) -> str:
     return _text(source, root)
 
 
+def check_sources(eval_sets=(), calib_set=None, data_dir=None):
+    """Raise DataError now for any local file a run will need, rather than after a long quantization."""
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return
+    calib_parts = () if calib_set is None else (EVAL_SETS if calib_set == "mix" else (calib_set,))
+    for key in [(n, "eval") for n in eval_sets] + [(n, "calib") for n in calib_parts]:
+        _source_id(_SOURCES[key], root)
+
+
 def get_eval_windows(name, tokenizer, seqlen=2048, data_dir=None, cache_dir=None) -> torch.Tensor:
     """[n_windows, seqlen] token ids of a test text, tokenized once.
 
     wikitext2 and ptb: consecutive non-overlapping windows, tail dropped.
-    c4: 256 windows at random offsets (seed 0), which may overlap.
+    c4: 256 windows drawn with seed 0 (they may overlap): from the hub, each inside a random document of at
+    least seqlen + 1 tokens, as the reference does; from the local proxy (too few long documents), at random
+    offsets of the joined documents.
     """
     _check_name(name, EVAL_SETS)
     _check_positive(seqlen=seqlen)
@@ -194,6 +207,8 @@ def get_eval_windows(name, tokenizer, seqlen=2048, data_dir=None, cache_dir=None
         key.update(nsamples=C4_EVAL_WINDOWS, seed=C4_EVAL_SEED)
 
     def build():
+        if name == "c4" and root is None:
+            return _document_windows(source.hub_rows(), tokenizer, seqlen, C4_EVAL_WINDOWS, random.Random(C4_EVAL_SEED))
         ids = _tokenize(source, root, tokenizer)
         if name == "c4":
             return _random_windows(ids, seqlen, C4_EVAL_WINDOWS, random.Random(C4_EVAL_SEED), name)
@@ -267,6 +282,19 @@ def _random_windows(ids: torch.Tensor, seqlen: int, count: int, rng: random.Rand
         raise DataError(f"{name} text has {ids.numel()} tokens, fewer than seqlen+1={seqlen + 1}")
     starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(count)]
     return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def _document_windows(docs, tokenizer, seqlen, count, rng, max_draws=1_000_000):
+    """count windows, each from a random document long enough for it, at a random offset inside it."""
+    windows = []
+    for _ in range(max_draws):
+        if len(windows) == count:
+            return torch.stack(windows)
+        ids = tokenizer(docs[rng.randint(0, len(docs) - 1)], return_tensors="pt").input_ids[0]
+        if ids.numel() > seqlen:
+            start = rng.randint(0, ids.numel() - seqlen - 1)
+            windows.append(ids[start : start + seqlen])
+    raise DataError(f"too few documents of more than {seqlen} tokens to draw {count} windows")
 
 
 def _tokenizer_id(tokenizer) -> str:

@@ -3,13 +3,17 @@
 Argument parsing and wiring only; the method lives in rptq/, the numerics in quantize/, the families in models/.
 """
 import argparse
+import hashlib
+import json
 import re
 import sys
 import time
 from pathlib import Path
 
 import datautils
-from models import MODEL_NAMES, ModelError
+from models import MODEL_NAMES
+
+FLOAT_BITS = 16  # as rptq.pipeline.FLOAT_BITS; checking arguments must not import the pipeline
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -24,7 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = OneLineParser(prog="main.py", description=__doc__.splitlines()[0],
+    p = OneLineParser(prog="main.py", description=__doc__.splitlines()[0], allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help=f"one of {', '.join(MODEL_NAMES)}, or a local model folder")
     g = p.add_argument_group("quantization")
@@ -42,7 +46,9 @@ def build_parser():
                    help="which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (default 12345; with "
                         "--wbits 16 --abits 16, giving it runs the pipeline with every quantizer off)")
     g.add_argument("--only_quant_kv", action="store_true", help="quantize weights and the KV cache only (WxAyKV)")
-    g.add_argument("--a_dynamic", action="store_true", help="activation ranges from each forward, not calibration")
+    g.add_argument("--a_dynamic", action="store_true",
+                   help="activation ranges from each forward, not calibration (so decoding token by token with "
+                        "the KV cache no longer equals a full forward)")
     g.add_argument("--grid", choices=("paper", "full"), default="paper",
                    help="paper: scale = range / 2^k as the reference; full: range / (2^k - 1)")
     g.add_argument("--bit_mode", choices=("reference", "strict"), default="reference",
@@ -70,11 +76,38 @@ def build_parser():
     r.add_argument("--cache_dir", default=None, help="tokenized-data cache (default $RPTQ_CACHE_DIR or "
                                                      "~/.cache/rptq)")
     r.add_argument("--output_path", default="out",
-                   help="JSON results: a .json file, or a folder that gets MODEL_LABEL.json")
+                   help="JSON results: a .json file, or a folder that gets MODEL_LABEL_SETTINGSHASH.json")
     return p
 
 
-def check_args(args):
+def given_flags(argv):
+    return {tok[2:].split("=")[0] for tok in argv if tok.startswith("--")}
+
+
+def idle_flags(args, given):
+    """Flags set on the command line that would change nothing in this run: refused, never ignored."""
+    rptq, weights, acts = runs_rptq(args), args.wbits < FLOAT_BITS, args.abits < FLOAT_BITS
+    needed = {
+        "nsamples": rptq, "seed": rptq, "calib_dataset": rptq,
+        "w_quantizer": weights, "percdamp": weights and args.w_quantizer == "gptq",
+        "metric": acts and not args.a_dynamic, "only_quant_kv": acts, "a_dynamic": acts,
+        "bit_mode": acts and not args.only_quant_kv, "grid": weights or acts,
+        "ppl_datasets": args.eval_ppl, "num_fewshot": bool(args.tasks), "batch_size": bool(args.tasks),
+        **{f"R{i}_clusters": rptq and str(i) in reorder_points(args) for i in range(1, 6)},
+    }
+    return [f"--{flag}" for flag, need in needed.items() if flag in given and not need]
+
+
+def runs_rptq(args):
+    """No --wbits/--abits below 16 and no --reorder: the float model, no calibration at all."""
+    return args.wbits < FLOAT_BITS or args.abits < FLOAT_BITS or args.reorder is not None
+
+
+def reorder_points(args):
+    return "12345" if args.reorder is None else args.reorder
+
+
+def check_args(args, given=frozenset()):
     """Reject bad values with one line before anything slow runs."""
     for flag in ("wbits", "abits"):
         if not 1 <= getattr(args, flag) <= 16:
@@ -97,6 +130,13 @@ def check_args(args):
                          f"{', '.join(datautils.EVAL_SETS)})")
     if not (args.eval_ppl or args.tasks):
         raise UsageError("nothing to evaluate: pass --eval_ppl and/or --tasks")
+    idle = idle_flags(args, given)
+    if idle:
+        run = f"--wbits {args.wbits} --abits {args.abits}" + (f" --reorder '{args.reorder}'" if args.reorder
+                                                              is not None else "")
+        raise UsageError(f"{', '.join(idle)} would change nothing in this run ({run}"
+                         f"{', no --tasks' if {'--num_fewshot', '--batch_size'} & set(idle) else ''}"
+                         f"{', no --eval_ppl' if '--ppl_datasets' in idle else ''}): drop it or set what it applies to")
     if args.tasks and not datautils.hub_offline() and not datautils.hub_reachable():
         raise UsageError("--tasks: lm-evaluation-harness downloads task data from the Hugging Face hub, which "
                          "cannot be reached; set HF_DATASETS_OFFLINE=1 to use its local cache, or drop --tasks")
@@ -111,53 +151,68 @@ def pick_device(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device '{device}' is not a torch device (use cpu, cuda or cuda:N)") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
+        if (parsed.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    dtype = args.dtype or ("float16" if parsed.type == "cuda" else "float32")
     return device, getattr(torch, dtype)
 
 
-def output_file(args, label):
+def output_file(args, label, settings):
+    """A .json path as given, or FOLDER/MODEL_LABEL_HASH.json where the hash covers every setting that changes
+    the figures, so that runs differing in clusters, grid, seed, ... never overwrite each other."""
     path = Path(args.output_path)
     if path.suffix == ".json":
         return path
-    return path / f"{Path(args.model.rstrip('/')).name}_{label}.json"
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return path / f"{Path(args.model.rstrip('/')).name}_{label}_{digest}.json"
 
 
-def run(args):
-    check_args(args)
+def run(args, given=frozenset()):
+    check_args(args, given)
     device, dtype = pick_device(args)
     data_dir = datautils.resolve_data_dir(args.data_dir)
-
+    run_rptq = runs_rptq(args)
+    datautils.check_sources(ppl_sets(args) if args.eval_ppl else (), args.calib_dataset if run_rptq else None,
+                            data_dir)
 
     from models import load_model
     from rptq.evaluate import perplexity, zero_shot
-    from rptq.pipeline import FLOAT_BITS, RPTQConfig, quantize_model
+    from rptq.pipeline import RPTQConfig, check_clusters, quantize_model
     from rptq.results import format_table, versions, write_json_atomic
 
-    cfg = RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=args.reorder or "12345",
+    cfg = RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=reorder_points(args),
                      clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
                      metric=args.metric, w_quantizer=args.w_quantizer, percdamp=args.percdamp,
                      only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, grid=args.grid,
                      bit_mode=args.bit_mode, device=device)
-    run_rptq = not (args.wbits >= FLOAT_BITS and args.abits >= FLOAT_BITS and args.reorder is None)
-    label = cfg.label if run_rptq else f"FP-{str(dtype).split('.')[-1]}"
+    dtype_name = str(dtype).split(".")[-1]
+    label = cfg.label if run_rptq else f"FP-{dtype_name}"
 
     t0 = time.perf_counter()
     model, tokenizer, adapter = load_model(args.model, dtype, for_rptq=run_rptq)
-    out = output_file(args, label)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and args.seqlen > max_positions:
+        raise UsageError(f"--seqlen {args.seqlen} is longer than {args.model}'s {max_positions} positions")
+    if run_rptq:
+        check_clusters(model, adapter, cfg)
+    settings = {**vars(args), "device": device, "dtype": dtype_name}
+    calibration = {k: settings[k] for k in ("calib_dataset", "nsamples", "seed")} if run_rptq else {}
+    out = output_file(args, label, {"quantization": cfg.describe() if run_rptq else None, "dtype": dtype_name,
+                                    "seqlen": args.seqlen, "limit": args.limit, **calibration})
     record = {"model": args.model, "family": adapter.family, "label": label, "status": "running",
-              "settings": {**vars(args), "device": device, "dtype": str(dtype).split(".")[-1]},
-              "quantization": cfg.describe() if run_rptq else None, "versions": versions(),
-              "timings_s": {"load": time.perf_counter() - t0}, "ppl": {}, "zero_shot": None}
+              "settings": settings, "quantization": cfg.describe() if run_rptq else None,
+              "versions": versions(), "timings_s": {"load": time.perf_counter() - t0}, "ppl": {}, "zero_shot": None}
     ds_kwargs = {"data_dir": data_dir, "seqlen": args.seqlen, "cache_dir": args.cache_dir}
 
     if run_rptq:
         if args.wbits >= FLOAT_BITS and args.abits >= FLOAT_BITS:
-            print(f"{label}: calibrating, clustering and reordering R{','.join(cfg.reorder)} "
+            print(f"{label}: calibrating, clustering and reordering R{','.join(cfg.reorder) or ' none'} "
                   "with every quantizer off", file=sys.stderr)
         t = time.perf_counter()
         calib = datautils.get_calib_windows(args.calib_dataset, tokenizer, args.nsamples, args.seed, **ds_kwargs)
@@ -197,13 +252,16 @@ def run(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    from models import ModelError
+    from quantize import GPTQError
     from rptq.cluster import ClusterError
     from rptq.evaluate import TaskError
 
     try:
-        return run(args)
-    except (UsageError, ModelError, datautils.DataError, ClusterError, TaskError) as e:
+        return run(args, given_flags(argv))
+    except (UsageError, ModelError, datautils.DataError, ClusterError, TaskError, GPTQError) as e:
         print(f"main.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

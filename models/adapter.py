@@ -4,6 +4,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 
+class ModelError(Exception):
+    """One clear line: what is wrong with the requested model and what to pass instead."""
+
+
 @dataclass
 class ActSite:
     """One activation tensor that is observed and (maybe) quantized.

@@ -6,6 +6,7 @@ import torch
 
 from datautils import hub_offline, hub_reachable
 
+from .adapter import ModelError
 from .llama import LlamaAdapter
 from .opt import OPTAdapter
 
@@ -14,10 +15,6 @@ SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_NAMES = {name: repo for a in ADAPTERS for name, repo in a.hub_names.items()}
 MODEL_NAMES = (*HUB_NAMES, SMOLLM2)
-
-
-class ModelError(Exception):
-    """One clear line: what is wrong with the requested model and what to pass instead."""
 
 
 def adapter_for(config):
@@ -78,12 +75,17 @@ def load_model(name, dtype=torch.float32, for_rptq=False):
     for_rptq: refuse, before the weights load, a family whose reorder points are not declared yet.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
     source, kwargs = resolve(name)
     adapter = adapter_for(AutoConfig.from_pretrained(source, **kwargs))
     if for_rptq and not adapter.quantizable:
         raise ModelError(f"RPTQ quantization of {adapter.family}-family models is not implemented yet; run "
                          f"{name} without --wbits/--abits/--reorder for its float perplexity")
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).eval()
+    except OSError as e:  # e.g. a cached config.json without its weights, or a folder missing a file
+        raise ModelError(f"cannot load {name} from {source}: {str(e).splitlines()[0]}") from None
     return model, tokenizer, adapter

@@ -9,6 +9,10 @@ from torch import nn
 from .quantizer import choose_qparams, cluster_index, fake_quantize, reduce_channels
 
 
+class GPTQError(RuntimeError):
+    """GPTQ cannot run on this Hessian."""
+
+
 def weight_qparams(weight, cluster_sizes, bits, grid="paper"):
     """Scale and zero of shape [rows, cols]: constant over the columns of each input cluster."""
     index = cluster_index(cluster_sizes).to(weight.device)
@@ -62,7 +66,8 @@ class GPTQ:
         try:
             Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
         except torch.linalg.LinAlgError as e:
-            raise RuntimeError(f"GPTQ: the Hessian is not positive definite ({e}); raise --percdamp") from None
+            raise GPTQError(f"GPTQ: the Hessian of a {tuple(weight.shape)} weight is not positive definite ({e}); "
+                            "raise --percdamp") from None
 
         Q = torch.zeros_like(W)
         cols = W.shape[1]

@@ -8,6 +8,15 @@ class ClusterError(ValueError):
     """A clustering request that cannot be met (more clusters than channels)."""
 
 
+def check_cluster_count(k, channels, heads=1, name="R"):
+    assert channels % heads == 0, f"{name}: {channels} channels do not split into {heads} heads"
+    per_group = channels // heads
+    if k > per_group:
+        where = f"per head ({heads} heads of {per_group} channels)" if heads > 1 else f"({per_group} channels)"
+        raise ClusterError(f"{name} asks for {k} clusters but has only {per_group} channels {where}; "
+                           f"lower --{name}_clusters")
+
+
 def kmeans_labels(points, k):
     if k == 1:
         return np.zeros(len(points), dtype=np.int64)
@@ -21,12 +30,8 @@ def cluster_channels(features, k, heads=1, name="R"):
     so the permutation never moves a channel across a head boundary.
     """
     channels = features.shape[0]
-    assert channels % heads == 0, f"{name}: {channels} channels do not split into {heads} heads"
+    check_cluster_count(k, channels, heads, name)
     per_group = channels // heads
-    if k > per_group:
-        where = f"per head ({heads} heads of {per_group} channels)" if heads > 1 else f"({per_group} channels)"
-        raise ClusterError(f"{name} asks for {k} clusters but has only {per_group} channels {where}; "
-                           f"lower --{name}_clusters")
     points = features.double().numpy()
     perm, sizes = [], []
     for h in range(heads):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from quantize import GPTQ, ActQuantizer, ProbQuantizer, quantize_rtn
 from quantize.attention import ATTN_IMPLEMENTATION
 
-from .cluster import cluster_channels
+from .cluster import check_cluster_count, cluster_channels
 from .reorder import apply_reorder
 from .stats import SiteObserver, channel_ranges, cluster_ranges
 
@@ -139,8 +139,10 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     for p in points:
         k = cfg.point_clusters(p.name)
         if k > 1:
-            features = torch.cat([torch.stack(channel_ranges(*stats[id(s)], cfg.metric)[::-1], 1)
-                                  for s in p.cluster_on], 1)  # per channel: (max, min) of each clustered site
+            # per channel: (max, min) of each clustered site over all calibration windows; the reference
+            # clusters on plain running extremes whatever --metric says (that one sets the quantizer ranges)
+            features = torch.cat([torch.stack(channel_ranges(*stats[id(s)], "minmax")[::-1], 1)
+                                  for s in p.cluster_on], 1)
             perm, sizes = cluster_channels(features, k, p.heads, p.name)
             apply_reorder(p, perm)
             for s in p.sites:
@@ -179,9 +181,16 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     return sizes_of
 
 
+def check_clusters(model, adapter, cfg: RPTQConfig):
+    """Raise ClusterError for a cluster count a point cannot hold, before any layer is touched."""
+    for p in adapter.reorder_points(adapter.layers(model)[0]):
+        check_cluster_count(cfg.point_clusters(p.name), p.channels, p.heads, p.name)
+
+
 @torch.no_grad()
 def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True):
     """Quantize the model in place; returns timings per stage (seconds) and cluster counts."""
+    check_clusters(model, adapter, cfg)
     if cfg.prob_bits is not None:
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
     timings = defaultdict(float)

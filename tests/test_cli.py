@@ -32,12 +32,14 @@ def assert_one_line_error(proc, expected):
     (["opt-125m", "--R3_clusters", "0", "--eval_ppl"], "--R3_clusters must be at least 1"),
     (["opt-125m", "--eval_ppl", "--data_dir", "/no/such/folder"], "/no/such/folder"),
     (["opt-125m", "--wbits", "four"], "invalid int value"),
+    (["opt-125m", "--eval_ppl", "--nsamples", "8"], "--nsamples would change nothing"),
+    (["opt-125m", "--eval_ppl", "--wbits", "4", "--only_quant_kv"], "--only_quant_kv would change nothing"),
 ])
 def test_bad_input_exits_with_one_clear_line(args, expected):
     assert_one_line_error(run_main(*args), expected)
 
 
-def test_uncached_hub_model_fails_fast_offline(tmp_path, data_dir):
+def test_uncached_hub_model_fails_fast_offline(tmp_path):
     start = time.time()
     proc = run_main("opt-125m", "--eval_ppl", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert_one_line_error(proc, "pass a local model folder")
@@ -50,6 +52,12 @@ def test_local_folder_loads_through_the_same_path_as_a_hub_model(tiny_opt_dir):
     assert len(tokenizer) == model.config.vocab_size
     with pytest.raises(ModelError, match="no config.json"):
         load_model(str(tiny_opt_dir.parent))
+
+
+def test_too_many_clusters_is_one_line_before_calibration(tiny_opt_dir, data_dir):
+    proc = run_main(tiny_opt_dir, "--eval_ppl", "--wbits", 4, "--abits", 4, "--R2_clusters", 17,
+                    "--data_dir", data_dir)
+    assert_one_line_error(proc, "R2 asks for 17 clusters but has only 16 channels per head")
 
 
 def _ppl_run(tiny_opt_dir, data_dir, tmp_path, name, *extra):

@@ -1,4 +1,5 @@
 import os
+import random
 import subprocess
 import sys
 import time
@@ -156,3 +157,15 @@ def test_offline_hub_without_cache_fails_fast(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 10
     assert "DataError: cannot load ptb-text-only/ptb_text_only (train) from the Hugging Face hub" in out.stdout
+
+
+def test_document_windows_come_from_long_enough_documents(tok):
+    docs = ["short text", "word " * 400, "tiny", "other " * 300]
+    a = datautils._document_windows(docs, tok, 128, 6, random.Random(0))
+    b = datautils._document_windows(docs, tok, 128, 6, random.Random(0))
+    assert a.shape == (6, 128) and torch.equal(a, b)
+    long_ids = [tok(d, return_tensors="pt").input_ids[0] for d in docs[1::2]]
+    for w in a:  # every window is a slice of one long document
+        assert any(any(torch.equal(w, ids[i:i + 128]) for i in range(ids.numel() - 127)) for ids in long_ids)
+    with pytest.raises(DataError, match="too few documents"):
+        datautils._document_windows(["tiny"], tok, 128, 1, random.Random(0), max_draws=50)

@@ -84,7 +84,7 @@ def test_only_quant_kv_leaves_every_other_activation_untouched(model_and_data):
     def capture(m):
         seen = {}
         layer = m.model.decoder.layers[0]
-        for name in ("self_attn_layer_norm", "q_proj", "k_proj", "v_proj", "final_layer_norm"):
+        for name in ("self_attn_layer_norm", "q_proj", "k_proj", "v_proj"):
             mod = getattr(layer.self_attn, name, None) or getattr(layer, name)
             mod.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, out))
         with torch.no_grad():
@@ -110,6 +110,12 @@ def test_cached_generation_equals_the_full_forward(model_and_data, kw):
     cached = torch.stack(out.logits, 1)  # logits of each generated step, computed from the K/V cache
     assert torch.allclose(cached, full[:, 15:], atol=1e-4)
     assert torch.equal(full[:, 15:].argmax(-1), out.sequences[:, 16:])
+    layer = q.model.decoder.layers[1]
+    cache = out.past_key_values.layers[1]
+    for stored, proj in ((cache.keys, layer.self_attn.k_proj), (cache.values, layer.self_attn.v_proj)):
+        channels = stored.transpose(1, 2).flatten(2)  # [b, heads, s, d] -> [b, s, heads * d], the proj's order
+        assert torch.allclose(proj.rptq_output_quant(channels), channels, atol=1e-5)  # stored on the grid
+        assert channels.unique().numel() <= 16 * proj.rptq_output_quant.n_clusters
 
 
 def test_dynamic_activations_need_no_calibrated_ranges(model_and_data):
