@@ -37,6 +37,11 @@ def build_parser():
     g.add_argument("--w_quantizer", choices=("gptq", "normal"), default="gptq",
                    help="gptq, or normal = round-to-nearest")
     g.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag(H)")
+    g.add_argument("--w_granularity", choices=("cluster", "channel", "group"), default="cluster",
+                   help="weight scales per output row and per: input cluster (RPTQ), nothing else (channel), or "
+                        "--groupsize columns (group)")
+    g.add_argument("--groupsize", type=int, default=128, help="columns per weight group with --w_granularity group")
+    g.add_argument("--act_order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
     g.add_argument("--metric", choices=("minmax", "ema_minmax"), default="ema_minmax",
                    help="activation range estimator over calibration windows")
     for i, k in enumerate((32, 4, 4, 32, 32), 1):
@@ -89,7 +94,8 @@ def idle_flags(args, given):
     rptq, weights, acts = runs_rptq(args), args.wbits < FLOAT_BITS, args.abits < FLOAT_BITS
     needed = {
         "nsamples": rptq, "seed": rptq, "calib_dataset": rptq,
-        "w_quantizer": weights, "percdamp": weights and args.w_quantizer == "gptq",
+        "w_quantizer": weights, "w_granularity": weights, "groupsize": weights and args.w_granularity == "group",
+        "percdamp": weights and args.w_quantizer == "gptq", "act_order": weights and args.w_quantizer == "gptq",
         "metric": acts and not args.a_dynamic, "only_quant_kv": acts, "a_dynamic": acts,
         "bit_mode": acts and not args.only_quant_kv, "grid": weights or acts,
         "ppl_datasets": args.eval_ppl, "num_fewshot": bool(args.tasks), "batch_size": bool(args.tasks),
@@ -117,7 +123,7 @@ def check_args(args, given=frozenset()):
             raise UsageError(f"--R{i}_clusters must be at least 1, got {getattr(args, f'R{i}_clusters')}")
     if args.reorder is not None and not re.fullmatch(r"(?!.*(.).*\1)[1-5]*", args.reorder):
         raise UsageError(f"--reorder takes distinct digits 1-5 such as 12345 or 13, got '{args.reorder}'")
-    for flag in ("nsamples", "seqlen", "batch_size"):
+    for flag in ("nsamples", "seqlen", "batch_size", "groupsize"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1")
     if args.limit is not None and args.limit < 1:
@@ -189,6 +195,7 @@ def run(args, given=frozenset()):
     cfg = RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=reorder_points(args),
                      clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
                      metric=args.metric, w_quantizer=args.w_quantizer, percdamp=args.percdamp,
+                     w_granularity=args.w_granularity, groupsize=args.groupsize, act_order=args.act_order,
                      only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, grid=args.grid,
                      bit_mode=args.bit_mode, device=device)
     dtype_name = str(dtype).split(".")[-1]

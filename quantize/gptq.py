@@ -1,6 +1,9 @@
-"""Weight quantization: round-to-nearest and GPTQ, both with one (scale, zero) per output row and per input
-cluster (RPTQ-METHOD.md section 7): group quantization whose groups are the clusters of the activation that
-feeds the Linear."""
+"""Weight quantization: round-to-nearest and GPTQ with one (scale, zero) per output row and per column group.
+
+The granularity is data: a group id per input column. RPTQ's default (RPTQ-METHOD.md section 7) makes the groups
+the clusters of the activation that feeds the Linear (group quantization with variable group sizes); plain GPTQ
+has one group (per output row); the usual alternative is fixed groups of `groupsize` columns.
+"""
 import math
 
 import torch
@@ -8,23 +11,36 @@ from torch import nn
 
 from .quantizer import choose_qparams, cluster_index, fake_quantize, reduce_channels
 
+GRANULARITIES = ("cluster", "channel", "group")
+
 
 class GPTQError(RuntimeError):
     """GPTQ cannot run on this Hessian."""
 
 
-def weight_qparams(weight, cluster_sizes, bits, grid="paper"):
-    """Scale and zero of shape [rows, cols]: constant over the columns of each input cluster."""
-    index = cluster_index(cluster_sizes).to(weight.device)
+def column_groups(granularity, columns, cluster_sizes=None, groupsize=None):
+    """Group id of each input column."""
+    if granularity == "cluster":
+        return cluster_index(cluster_sizes)
+    if granularity == "channel":
+        return torch.zeros(columns, dtype=torch.long)
+    if granularity == "group":
+        return torch.arange(columns) // groupsize
+    raise ValueError(f"unknown weight granularity '{granularity}' (choose from {GRANULARITIES})")
+
+
+def weight_qparams(weight, groups, bits, grid="paper"):
+    """Scale and zero of shape [rows, cols] from the weight's own ranges, constant within each column group."""
+    groups = groups.to(weight.device)
     w = weight.float()
-    lo, hi = reduce_channels(w, w, index, len(cluster_sizes))  # [rows, clusters]
+    lo, hi = reduce_channels(w, w, groups, int(groups.max()) + 1)  # [rows, groups]
     scale, zero = choose_qparams(lo, hi, bits, grid)
-    return scale[:, index], zero[:, index]
+    return scale[:, groups], zero[:, groups]
 
 
 @torch.no_grad()
-def quantize_rtn(linear: nn.Linear, cluster_sizes, bits, grid="paper"):
-    scale, zero = weight_qparams(linear.weight, cluster_sizes, bits, grid)
+def quantize_rtn(linear: nn.Linear, groups, bits, grid="paper"):
+    scale, zero = weight_qparams(linear.weight, groups, bits, grid)
     linear.weight.copy_(fake_quantize(linear.weight.float(), scale, zero, bits))
 
 
@@ -54,14 +70,19 @@ class GPTQ:
         self.H = self.H[perm][:, perm]
 
     @torch.no_grad()
-    def quantize(self, cluster_sizes, bits, grid="paper", percdamp=0.01, blocksize=128):
+    def quantize(self, groups, bits, grid="paper", percdamp=0.01, blocksize=128, act_order=False):
+        """groups: group id per input column. act_order: quantize columns by decreasing Hessian diagonal (the
+        columns whose errors matter most first); their scales stay those of their own groups."""
         weight = self.linear.weight
         W = weight.float().clone()
-        scale, zero = weight_qparams(W, cluster_sizes, bits, grid)  # from the original weights, once
+        scale, zero = weight_qparams(W, groups, bits, grid)  # from the original weights, once
         H = self.H.clone()
         dead = torch.diag(H) == 0
         H[dead, dead] = 1
         W[:, dead] = 0
+        if act_order:
+            order = torch.argsort(torch.diag(H), descending=True)
+            W, H, scale, zero = W[:, order], H[order][:, order], scale[:, order], zero[:, order]
         H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
         try:
             Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
@@ -83,5 +104,7 @@ class GPTQ:
                 W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # lazy update inside the block
                 Err1[:, i] = err
             W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # one batched update for the rest
+        if act_order:
+            Q = Q[:, torch.argsort(order)]
         weight.copy_(Q.to(weight.dtype))
         self.H = None  # free the memory: one GPTQ object quantizes once

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from quantize import GPTQ, ActQuantizer, ProbQuantizer, quantize_rtn
+from quantize import GPTQ, ActQuantizer, ProbQuantizer, column_groups, quantize_rtn
 from quantize.attention import ATTN_IMPLEMENTATION
 
 from .cluster import check_cluster_count, cluster_channels
@@ -35,6 +35,9 @@ class RPTQConfig:
     reorder: str = "12345"            # which of R1..R5 are clustered; the others get one cluster
     metric: str = "ema_minmax"
     w_quantizer: str = "gptq"         # or "normal": round-to-nearest
+    w_granularity: str = "cluster"    # weight scale groups: input clusters, "channel" (per row) or "group"
+    groupsize: int = 128              # columns per group with w_granularity="group"
+    act_order: bool = False           # GPTQ: columns by decreasing Hessian diagonal
     percdamp: float = 0.01
     only_quant_kv: bool = False       # quantize weights and K/V only (the W4A4KV rows)
     a_dynamic: bool = False
@@ -66,7 +69,10 @@ class RPTQConfig:
     def describe(self):
         """Every quantizer setting that produced a number, for its label."""
         return {"label": self.label, "wbits": self.wbits, "abits": self.abits, "w_quantizer": self.w_quantizer,
-                "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid, "bit_mode": self.bit_mode,
+                "w_granularity": self.w_granularity,
+                "groupsize": self.groupsize if self.w_granularity == "group" else None,
+                "act_order": self.act_order, "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid,
+                "bit_mode": self.bit_mode,
                 "a_dynamic": self.a_dynamic, "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
                 "clusters": {p: self.point_clusters(p) for p in POINTS},
                 "norm_bits": self.site_bits("norm"), "prob_bits": self.prob_bits}
@@ -173,10 +179,11 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     t = time.perf_counter()  # (d)
     if cfg.wbits < FLOAT_BITS:
         for key, lin in linears.items():
+            groups = column_groups(cfg.w_granularity, lin.in_features, input_sizes[key], cfg.groupsize)
             if use_gptq:
-                gptq[key].quantize(input_sizes[key], cfg.wbits, cfg.grid, cfg.percdamp)
+                gptq[key].quantize(groups, cfg.wbits, cfg.grid, cfg.percdamp, act_order=cfg.act_order)
             else:
-                quantize_rtn(lin, input_sizes[key], cfg.wbits, cfg.grid)
+                quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
     timings["weight_quantization"] += time.perf_counter() - t
     return sizes_of
 

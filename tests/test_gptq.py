@@ -1,7 +1,10 @@
+import pytest
 import torch
 from torch import nn
 
-from quantize import GPTQ, fake_quantize, quantize_rtn, weight_qparams
+from quantize import GPTQ, column_groups, fake_quantize, quantize_rtn, weight_qparams
+
+CLUSTERS = column_groups("cluster", 64, cluster_sizes=[16, 16, 32])
 
 
 def _layer_and_inputs(seed=0):
@@ -9,39 +12,90 @@ def _layer_and_inputs(seed=0):
     linear = nn.Linear(64, 32, bias=False)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(32, 64, generator=gen))
-    # correlated inputs with channels of different scales: where GPTQ's error feedback pays off
-    mix = torch.randn(64, 64, generator=gen)
-    x = (torch.randn(1024, 64, generator=gen) @ mix) * torch.logspace(-1, 1, 64)
+    # strongly correlated inputs (rank 16 plus noise), as real activations are: GPTQ's error feedback pays off
+    x = torch.randn(1024, 16, generator=gen) @ torch.randn(16, 64, generator=gen)
+    x += 0.1 * torch.randn(1024, 64, generator=gen)
     return linear, x
 
 
-def test_weight_qparams_are_constant_within_each_input_cluster():
+def _copy(linear):
+    twin = nn.Linear(linear.in_features, linear.out_features, bias=False)
+    twin.weight.data.copy_(linear.weight.data)
+    return twin
+
+
+def _gptq(linear, x, groups, bits, **kw):
+    g = GPTQ(linear)
+    for chunk in x.split(256):
+        g.add_batch(chunk)
+    g.quantize(groups, bits, **kw)
+    return linear.weight.detach()
+
+
+def _output_error(x, q, w):
+    return (x @ (q - w).T).pow(2).mean().item()  # ||X W^T - X Q^T||^2 / n
+
+
+def test_column_groups():
+    assert column_groups("cluster", 5, cluster_sizes=[2, 3]).tolist() == [0, 0, 1, 1, 1]
+    assert column_groups("channel", 3).tolist() == [0, 0, 0]
+    assert column_groups("group", 5, groupsize=2).tolist() == [0, 0, 1, 1, 2]
+
+
+def test_weight_qparams_are_constant_within_each_group():
     w = torch.randn(8, 10)
-    scale, zero = weight_qparams(w, [3, 5, 2], bits=4)
+    scale, zero = weight_qparams(w, column_groups("cluster", 10, cluster_sizes=[3, 5, 2]), bits=4)
     for cols in ([0, 1, 2], [3, 4, 5, 6, 7], [8, 9]):
         assert (scale[:, cols] == scale[:, cols[:1]]).all() and (zero[:, cols] == zero[:, cols[:1]]).all()
     assert not torch.equal(scale[:, 0], scale[:, 3])
 
 
-def test_gptq_weights_lie_on_the_cluster_grid_and_beat_round_to_nearest():
-    sizes = [16, 16, 32]
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("granularity, act_order", [("cluster", False), ("channel", False), ("group", False),
+                                                    ("cluster", True)])
+def test_gptq_beats_round_to_nearest_and_stays_on_the_grid(bits, granularity, act_order):
     linear, x = _layer_and_inputs()
     original = linear.weight.detach().clone()
-    rtn = nn.Linear(64, 32, bias=False)
-    rtn.weight.data.copy_(original)
-    quantize_rtn(rtn, sizes, bits=3)
+    groups = column_groups(granularity, 64, cluster_sizes=[16, 16, 32], groupsize=16)
+    rtn = _copy(linear)
+    quantize_rtn(rtn, groups, bits)
+    q = _gptq(linear, x, groups, bits, act_order=act_order)
 
-    gptq = GPTQ(linear)
-    for chunk in x.split(256):
-        gptq.add_batch(chunk)
-    gptq.quantize(sizes, bits=3)
-    q = linear.weight.detach()
+    scale, zero = weight_qparams(original, groups, bits)
+    assert torch.allclose(fake_quantize(q, scale, zero, bits), q, atol=1e-5)  # each column on its group's grid
+    for g in groups.unique():
+        assert all(row.unique().numel() <= 2 ** bits for row in q[:, groups == g])
+    assert _output_error(x, q, original) < 0.5 * _output_error(x, rtn.weight.detach(), original)
 
-    scale, zero = weight_qparams(original, sizes, bits=3)
-    assert torch.allclose(fake_quantize(q, scale, zero, 3), q, atol=1e-5)  # on the grid of the original ranges
-    err_gptq = (x @ (q - original).T).pow(2).mean()
-    err_rtn = (x @ (rtn.weight - original).T).pow(2).mean()
-    assert err_gptq < 0.95 * err_rtn
+
+def test_identity_hessian_makes_gptq_round_to_nearest():
+    linear, _ = _layer_and_inputs(2)
+    rtn = _copy(linear)
+    quantize_rtn(rtn, CLUSTERS, 4)
+    g = GPTQ(linear)
+    g.H = torch.eye(64)  # uncorrelated unit inputs: no error is worth moving to another column
+    g.quantize(CLUSTERS, 4)
+    assert torch.allclose(linear.weight, rtn.weight, atol=1e-6)
+
+
+def test_dead_columns_are_zeroed_without_nans():
+    linear, x = _layer_and_inputs(3)
+    x[:, [5, 40]] = 0  # inputs that never fire
+    q = _gptq(linear, x, CLUSTERS, 4)
+    assert torch.isfinite(q).all()
+    assert (q[:, [5, 40]] == 0).all()
+
+
+def test_act_order_permutation_is_undone():
+    # with a diagonal Hessian no error moves between columns, so any column order must give round-to-nearest;
+    # a permutation left in place would put columns where their neighbours' values belong
+    linear, _ = _layer_and_inputs(4)
+    rtn = _copy(linear)
+    quantize_rtn(rtn, CLUSTERS, 3)
+    g = GPTQ(linear)
+    g.H = torch.diag(torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.5)
+    g.quantize(CLUSTERS, 3, act_order=True)
+    assert torch.allclose(linear.weight, rtn.weight, atol=1e-6)
 
 
 def test_hessian_permutes_with_the_input_columns():

@@ -129,3 +129,15 @@ def test_more_clusters_than_channels_fails_before_quantizing(model_and_data):
     model, calib, _ = model_and_data
     with pytest.raises(ClusterError, match="R2"):
         _quantized(model, calib, clusters={**SMALL_CLUSTERS, "R2": 32})
+
+
+@pytest.mark.parametrize("granularity, groups_per_row", [("cluster", 4), ("channel", 1), ("group", 2)])
+def test_weight_only_runs_use_the_asked_weight_groups(model_and_data, granularity, groups_per_row):
+    model, calib, test = model_and_data
+    q, _ = _quantized(model, calib, wbits=3, abits=16, w_granularity=granularity, groupsize=32,
+                      act_order=granularity == "channel")
+    assert not any("quant" in name for name, _ in q.named_modules())  # A16: no activation quantizer
+    assert q.config._attn_implementation != "rptq_eager"
+    fc1 = q.model.decoder.layers[0].fc1.weight  # 64 input columns: R4's 4 clusters, or 2 groups of 32
+    assert all(row.unique().numel() <= groups_per_row * 2 ** 3 for row in fc1)
+    assert _ppl(q, test) != _ppl(model, test)
