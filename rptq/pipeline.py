@@ -3,7 +3,7 @@ inputs (the outputs of the layers before it, already quantized):
   (a) record per-channel ranges at every site (and GPTQ Hessians) on the float layer,
   (b) cluster each reorder point and fold its permutation into the weights,
   (c) build the per-cluster activation quantizers from the recorded ranges,
-  (d) quantize the weights (per output row and per input cluster),
+  (d) quantize the weights (per output row and per column group: by default the input clusters),
   (e) run the quantized layer: its outputs are the next layer's inputs.
 Only the current layer sits on the device."""
 import time
