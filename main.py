@@ -85,6 +85,18 @@ def build_parser():
     return p
 
 
+def describe_mode(cfg):
+    """What produced the numbers, for the line above the table (the JSON has every setting)."""
+    parts = [f"{cfg.grid} grid"]
+    if cfg.wbits < FLOAT_BITS:
+        parts.append(f"{cfg.w_quantizer} weights per {cfg.w_granularity}" + (" act-order" if cfg.act_order else ""))
+    if cfg.abits < FLOAT_BITS:
+        parts.append("KV cache only" if cfg.only_quant_kv else f"{cfg.bit_mode} activation bits")
+        parts.append("dynamic ranges" if cfg.a_dynamic else f"{cfg.metric} ranges")
+    parts.append(f"reorder {cfg.reorder or 'none'}")
+    return f"({', '.join(parts)})"
+
+
 def given_flags(argv):
     return {tok[2:].split("=")[0] for tok in argv if tok.startswith("--")}
 
@@ -250,9 +262,7 @@ def run(args, given=frozenset()):
                 rows.append([f"{task} {metric}", f"{100 * value:.2f}", "", ""])
     record["status"] = "complete"
     write_json_atomic(out, record)
-    ranges = "dynamic" if cfg.a_dynamic else cfg.metric
-    mode = f"  ({cfg.bit_mode} bits, {cfg.grid} grid, {ranges} ranges, {cfg.w_quantizer} weights)" if run_rptq else ""
-    print(f"\n{args.model}  {label}{mode}")
+    print(f"\n{args.model}  {label}  {describe_mode(cfg) if run_rptq else ''}")
     print(format_table(["eval", "value", "windows", "s/window"], rows))
     print(f"results: {out}")
     return 0
