@@ -12,6 +12,7 @@ from pathlib import Path
 
 import datautils
 from models import MODEL_NAMES
+from quantize import GRANULARITIES, GRIDS
 
 FLOAT_BITS = 16  # as rptq.pipeline.FLOAT_BITS; checking arguments must not import the pipeline
 
@@ -37,7 +38,7 @@ def build_parser():
     g.add_argument("--w_quantizer", choices=("gptq", "normal"), default="gptq",
                    help="gptq, or normal = round-to-nearest")
     g.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag(H)")
-    g.add_argument("--w_granularity", choices=("cluster", "channel", "group"), default="cluster",
+    g.add_argument("--w_granularity", choices=GRANULARITIES, default="cluster",
                    help="weight scales per output row and per: input cluster (RPTQ), nothing else (channel), or "
                         "--groupsize columns (group)")
     g.add_argument("--groupsize", type=int, default=128, help="columns per weight group with --w_granularity group")
@@ -54,7 +55,7 @@ def build_parser():
     g.add_argument("--a_dynamic", action="store_true",
                    help="activation ranges from each forward, not calibration (so decoding token by token with "
                         "the KV cache no longer equals a full forward)")
-    g.add_argument("--grid", choices=("paper", "full"), default="paper",
+    g.add_argument("--grid", choices=GRIDS, default="paper",
                    help="paper: scale = range / 2^k as the reference; full: range / (2^k - 1)")
     g.add_argument("--bit_mode", choices=("reference", "strict"), default="reference",
                    help="reference: LayerNorm outputs at max(8, abits), softmax on an 8-bit grid; "
@@ -221,11 +222,12 @@ def run(args, given=frozenset()):
     if run_rptq:
         check_clusters(model, adapter, cfg)
     settings = {**vars(args), "device": device, "dtype": dtype_name}
+    quantization = cfg.describe() if run_rptq else None
     calibration = {k: settings[k] for k in ("calib_dataset", "nsamples", "seed")} if run_rptq else {}
-    out = output_file(args, label, {"quantization": cfg.describe() if run_rptq else None, "dtype": dtype_name,
-                                    "seqlen": args.seqlen, "limit": args.limit, **calibration})
+    out = output_file(args, label, {"quantization": quantization, "dtype": dtype_name, "seqlen": args.seqlen,
+                                    "limit": args.limit, **calibration})
     record = {"model": args.model, "family": adapter.family, "label": label, "status": "running",
-              "settings": settings, "quantization": cfg.describe() if run_rptq else None,
+              "settings": settings, "quantization": quantization,
               "versions": versions(), "timings_s": {"load": time.perf_counter() - t0}, "ppl": {}, "zero_shot": None}
     ds_kwargs = {"data_dir": data_dir, "seqlen": args.seqlen, "cache_dir": args.cache_dir}
 
