@@ -13,6 +13,7 @@ from pathlib import Path
 import datautils
 from models import MODEL_NAMES
 from quantize import GRANULARITIES, GRIDS
+from rptq.tasks import LOCAL_TASKS, local_tasks
 
 FLOAT_BITS = 16  # as rptq.pipeline.FLOAT_BITS; checking arguments must not import the pipeline
 
@@ -68,11 +69,15 @@ def build_parser():
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval_ppl", action="store_true", help="perplexity on wikitext2, ptb and c4")
     e.add_argument("--ppl_datasets", default=",".join(datautils.EVAL_SETS), help="comma list for --eval_ppl")
-    e.add_argument("--tasks", default="", help="comma list of lm-evaluation-harness tasks, e.g. lambada_openai,piqa")
-    e.add_argument("--num_fewshot", type=int, default=0)
-    e.add_argument("--batch_size", type=int, default=1, help="lm-evaluation-harness batch size")
+    e.add_argument("--tasks", default="",
+                   help="comma list of lm-evaluation-harness tasks, e.g. lambada_openai,piqa; with a data folder "
+                        f"holding their files, {', '.join(LOCAL_TASKS)} run offline from it")
+    e.add_argument("--num_fewshot", type=int, default=0,
+                   help="few-shot examples per task prompt (the paper: 0; local tasks have no training split)")
+    e.add_argument("--batch_size", type=int, default=1,
+                   help="lm-evaluation-harness batch size (recorded: it moves the numbers slightly)")
     e.add_argument("--limit", type=int, default=None,
-                   help="run only the first N perplexity windows / task examples (averages over those N)")
+                   help="run only the first N perplexity windows / examples per task (averages over those N)")
     r = p.add_argument_group("runtime and files")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     r.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float32 on cpu, "
@@ -156,9 +161,33 @@ def check_args(args, given=frozenset()):
         raise UsageError(f"{', '.join(idle)} would change nothing in this run ({run}"
                          f"{', no --tasks' if {'--num_fewshot', '--batch_size'} & set(idle) else ''}"
                          f"{', no --eval_ppl' if '--ppl_datasets' in idle else ''}): drop it or set what it applies to")
-    if args.tasks and not datautils.hub_offline() and not datautils.hub_reachable():
-        raise UsageError("--tasks: lm-evaluation-harness downloads task data from the Hugging Face hub, which "
-                         "cannot be reached; set HF_DATASETS_OFFLINE=1 to use its local cache, or drop --tasks")
+    if args.tasks:
+        check_task_sources(args)
+
+
+def task_names(args):
+    return list(dict.fromkeys(t for t in args.tasks.split(",") if t))
+
+
+def check_task_sources(args):
+    """Tasks whose files are in the data folder run offline from them; any other needs the hub or its cache."""
+    names = task_names(args)
+    if not names:
+        raise UsageError("--tasks: no task names given")
+    if args.num_fewshot < 0:
+        raise UsageError("--num_fewshot must not be negative")
+    data_dir = datautils.resolve_data_dir(args.data_dir)
+    local = local_tasks(names, data_dir)
+    if local and args.num_fewshot:
+        raise UsageError(f"--num_fewshot {args.num_fewshot}: the local files of {', '.join(local)} hold only the "
+                         "evaluated split, not the training split the stock tasks draw examples from; use 0")
+    hub = [name for name in names if name not in local]
+    if hub and not datautils.hub_offline() and not datautils.hub_reachable():
+        where = f"{data_dir} has no files for {'them' if len(hub) > 1 else 'it'}" if data_dir else \
+            "no data folder is given"
+        raise UsageError(f"--tasks {','.join(hub)}: the Hugging Face hub cannot be reached and {where}; "
+                         f"{', '.join(LOCAL_TASKS)} run offline from --data_dir (or RPTQ_DATA_DIR) laid out like "
+                         "shared/offline-data; HF_DATASETS_OFFLINE=1 uses the datasets cache instead")
 
 
 def ppl_sets(args):
@@ -204,6 +233,10 @@ def run(args, given=frozenset()):
     from rptq.evaluate import perplexity, zero_shot
     from rptq.pipeline import RPTQConfig, check_clusters, quantize_model
     from rptq.results import format_table, versions, write_json_atomic
+    from rptq.tasks import plan_tasks
+
+    if args.tasks:
+        plan_tasks(task_names(args), data_dir)  # unknown names and unreadable task files fail before the model loads
 
     cfg = RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=reorder_points(args),
                      clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
@@ -215,7 +248,7 @@ def run(args, given=frozenset()):
     label = cfg.label if run_rptq else f"FP-{dtype_name}"
 
     t0 = time.perf_counter()
-    model, tokenizer, adapter = load_model(args.model, dtype, for_rptq=run_rptq)
+    model, tokenizer, adapter = load_model(args.model, dtype)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None and args.seqlen > max_positions:
         raise UsageError(f"--seqlen {args.seqlen} is longer than {args.model}'s {max_positions} positions")
@@ -255,17 +288,24 @@ def run(args, given=frozenset()):
             write_json_atomic(out, record)
             rows.append([name_out, f"{res['ppl']:.2f}", f"{res['windows']}/{res['windows_total']}",
                          f"{res['seconds_per_window']:.2f}"])
+    task_rows = []
     if args.tasks:
-        tasks = [t for t in args.tasks.split(",") if t]
-        res = zero_shot(model, tokenizer, tasks, args.num_fewshot, args.limit, args.batch_size, device)
-        record["zero_shot"] = res
-        for task, metrics in res["results"].items():
-            for metric, value in metrics.items():
-                rows.append([f"{task} {metric}", f"{100 * value:.2f}", "", ""])
+        zs = zero_shot(model, tokenizer, task_names(args), args.num_fewshot, args.limit, args.batch_size, device,
+                       data_dir)
+        record["zero_shot"] = zs
+        record["timings_s"]["zero_shot"] = zs["seconds"]
+        for task in zs["results"].values():
+            percents = [f"{100 * task[m]:.2f}" if m in task else "" for m in ("acc", "acc_norm")]
+            task_rows.append([task["label"], *percents, f"{task['perplexity']:.2f}" if "perplexity" in task else "",
+                              f"{task['examples']}/{task['examples_total']}"])
     record["status"] = "complete"
     write_json_atomic(out, record)
     print(f"\n{args.model}  {label}  {describe_mode(cfg) if run_rptq else ''}")
-    print(format_table(["eval", "value", "windows", "s/window"], rows))
+    if rows:
+        print(format_table(["eval", "value", "windows", "s/window"], rows))
+    if task_rows:
+        print(format_table(["task", "acc %", "acc_norm %", "ppl", "examples"], task_rows))
+        print(f"lm-evaluation-harness {zs['harness_version']}, {zs['num_fewshot']}-shot, batch size {zs['batch_size']}")
     print(f"results: {out}")
     return 0
 

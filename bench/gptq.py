@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quantize import GPTQ, column_groups  # noqa: E402
+from quantize import GPTQ, cluster_index, column_groups  # noqa: E402
 
 
 def main():
@@ -55,7 +55,7 @@ def main():
             h.remove()
         start = time.perf_counter()
         for lin, g in zip(linears, gptq):
-            g.quantize(column_groups("cluster", lin.in_features, [lin.in_features // 32] * 32), bits=4)
+            g.quantize(column_groups("cluster", lin.in_features, cluster_index([lin.in_features // 32] * 32)), bits=4)
         sync()
         t_quant = time.perf_counter() - start
 

@@ -3,6 +3,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from quantize.attention import ATTENTION_TENSORS, register_tensor_hook
+
 
 class ModelError(Exception):
     """One clear line: what is wrong with the requested model and what to pass instead."""
@@ -14,13 +16,18 @@ class ActSite:
 
     kind decides its bit width: "norm" (a norm's output), "q" (queries), "kv" (keys/values: the KV cache),
     "act" (any other Linear input).
+    group > 1: the site reads each head of its reorder point `group` times, once per query head sharing it
+    (grouped-query attention: the queries, and the attention output that feeds o_proj).
     """
     module: nn.Module
-    where: str  # "input" or "output" of `module`
+    where: str  # "input" or "output" of `module`, or "query"/"key" inside attention `module`
     kind: str
+    group: int = 1
 
     def register_hook(self, fn):
         """Call fn on the site's tensor at every forward; a non-None result replaces the tensor."""
+        if self.where in ATTENTION_TENSORS:
+            return register_tensor_hook(self.module, self.where, fn)
         if self.where == "output":
             return self.module.register_forward_hook(lambda mod, args, out: fn(out))
 
@@ -42,6 +49,8 @@ class ReorderPoint:
     Channels are permuted in `norm` (its output order), in the rows of `producers` and the input columns of
     `consumers`; every tensor in `sites` then lives in the new order and gets per-cluster quantizers.
     With heads > 1 the channels form `heads` equal contiguous groups and clustering stays inside each group.
+    A point with no norm, producer or consumer is not folded into weights: its clusters are applied as a
+    channel index instead, which quantizes the same values as a physical reorder would.
     """
     name: str
     channels: int
@@ -52,13 +61,16 @@ class ReorderPoint:
     producers: list[nn.Linear] = field(default_factory=list)
     consumers: list[nn.Linear] = field(default_factory=list)
 
+    @property
+    def folds(self):
+        return self.norm is not None or bool(self.producers) or bool(self.consumers)
+
 
 class DecoderAdapter:
     """Family-specific knowledge; the RPTQ pipeline only talks to these methods."""
     family = ""
     model_types: tuple[str, ...] = ()
     hub_names: dict[str, str] = {}
-    quantizable = True  # False: float evaluation only, reorder_points not declared yet
 
     def layers(self, model) -> nn.ModuleList:
         raise NotImplementedError

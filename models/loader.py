@@ -69,20 +69,14 @@ def load_tokenizer(name):
     return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
-def load_model(name, dtype=torch.float32, for_rptq=False):
-    """Return (model, tokenizer, adapter); the model stays on the CPU in eval mode.
-
-    for_rptq: refuse, before the weights load, a family whose reorder points are not declared yet.
-    """
+def load_model(name, dtype=torch.float32):
+    """Return (model, tokenizer, adapter); the model stays on the CPU in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
     source, kwargs = resolve(name)
     adapter = adapter_for(AutoConfig.from_pretrained(source, **kwargs))
-    if for_rptq and not adapter.quantizable:
-        raise ModelError(f"RPTQ quantization of {adapter.family}-family models is not implemented yet; run "
-                         f"{name} without --wbits/--abits/--reorder for its float perplexity")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).eval()

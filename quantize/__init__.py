@@ -1,7 +1,17 @@
 """Numerics: quantizers, GPTQ, the probability-quantizing attention."""
 from .gptq import GPTQ, GRANULARITIES, GPTQError, column_groups, quantize_rtn, weight_qparams
-from .quantizer import (GRIDS, ActQuantizer, ProbQuantizer, choose_qparams, cluster_index, cluster_minmax,
-                        dequantize, fake_quantize, quantize, reduce_channels)
+from .quantizer import (
+                        GRIDS,
+                        ActQuantizer,
+                        ProbQuantizer,
+                        choose_qparams,
+                        cluster_index,
+                        cluster_minmax,
+                        dequantize,
+                        fake_quantize,
+                        quantize,
+                        reduce_channels,
+)
 
 __all__ = ["GPTQ", "GRANULARITIES", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS",
            "ActQuantizer", "ProbQuantizer", "choose_qparams", "cluster_index", "cluster_minmax", "dequantize",

@@ -1,16 +1,46 @@
 """Attention whose softmax probabilities can be fake-quantized, registered with transformers' attention
 interface so the model's own attention modules stay untouched (no copy of their code).
 
+It also exposes the query and key as they reach attention (after any rotary embedding, keys as the KV cache
+holds them) to hooks registered with register_tensor_hook: that is where Llama-family Q/K are observed and
+quantized.
+
 Quantized probabilities must be materialized, so no fused kernel applies. To stay close to the speed of one,
 queries run in blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible (for a causal
 mask: up to the block's last row). Skipped keys would get probability exactly 0, so the result is the same.
 """
+from collections import OrderedDict
+
 import torch
+from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 ATTN_IMPLEMENTATION = "rptq_eager"
 QUERY_BLOCK = 256
+ATTENTION_TENSORS = ("query", "key")
+
+
+def register_tensor_hook(module, name, fn):
+    """fn(x [b, t, heads * d]) -> replacement or None, called on `name` ("query" or "key") of `module`."""
+    assert name in ATTENTION_TENSORS, f"attention tensors are {ATTENTION_TENSORS}"
+    hooks = module.__dict__.setdefault("rptq_tensor_hooks", {}).setdefault(name, OrderedDict())
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = fn
+    return handle
+
+
+def apply_tensor_hooks(module, name, x):
+    """x [b, heads, t, d]; the hooks see it head-major per token, like a projection's output [b, t, heads * d]."""
+    hooks = getattr(module, "rptq_tensor_hooks", {}).get(name)
+    if not hooks:
+        return x
+    b, h, t, d = x.shape
+    flat = x.transpose(1, 2).reshape(b, t, h * d)
+    for fn in list(hooks.values()):
+        new = fn(flat)
+        flat = flat if new is None else new
+    return flat.view(b, t, h, d).transpose(1, 2)
 
 
 def visible_key_count(mask, r0, r1):
@@ -24,6 +54,7 @@ def visible_key_count(mask, r0, r1):
 
 def quantized_prob_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned."""
+    query, key = apply_tensor_hooks(module, "query", query), apply_tensor_hooks(module, "key", key)
     b, h, t, _ = query.shape
     groups = h // key.shape[1]  # grouped-query attention: one K/V head serves `groups` Q heads
     if groups > 1:

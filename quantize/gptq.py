@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from .quantizer import choose_qparams, cluster_index, fake_quantize, reduce_channels
+from .quantizer import choose_qparams, fake_quantize, reduce_channels
 
 GRANULARITIES = ("cluster", "channel", "group")
 
@@ -18,10 +18,11 @@ class GPTQError(RuntimeError):
     """GPTQ cannot run on this Hessian."""
 
 
-def column_groups(granularity, columns, cluster_sizes=None, groupsize=None):
-    """Group id of each input column."""
+def column_groups(granularity, columns, clusters=None, groupsize=None):
+    """Group id of each input column; clusters: the cluster id of each column (its input activation's)."""
     if granularity == "cluster":
-        return cluster_index(cluster_sizes)
+        assert len(clusters) == columns, "one cluster id per input column"
+        return clusters
     if granularity == "channel":
         return torch.zeros(columns, dtype=torch.long)
     if granularity == "group":

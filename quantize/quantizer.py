@@ -77,12 +77,12 @@ class ActQuantizer(nn.Module):
     own tensor (all its tokens), still per cluster.
     """
 
-    def __init__(self, bits, cluster_sizes, grid="paper", dynamic=False):
+    def __init__(self, bits, index, grid="paper", dynamic=False):
+        """index [C]: cluster id (0..n-1) of each channel; clusters need not be contiguous."""
         super().__init__()
         self.bits, self.grid, self.dynamic = bits, grid, dynamic
-        index = cluster_index(cluster_sizes)
-        self.n_clusters = len(cluster_sizes)
-        self.register_buffer("index", index)
+        self.n_clusters = int(index.max()) + 1
+        self.register_buffer("index", index.clone())
         self.register_buffer("scale", torch.ones(len(index)))
         self.register_buffer("zero", torch.zeros(len(index)))
         self.calibrated = dynamic

@@ -1,11 +1,17 @@
 """Evaluation: the paper's perplexity protocol (RPTQ-METHOD.md section 8) and zero-shot tasks through
 lm-evaluation-harness."""
+import contextlib
+import logging
 import math
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from rptq.tasks import TaskError, plan_tasks
+
+METRICS = ("acc", "acc_norm", "perplexity")
 
 
 @torch.no_grad()
@@ -27,25 +33,76 @@ def perplexity(model, windows, device="cpu", limit=None, desc="ppl", progress=Tr
             "seqlen": windows.shape[1], "seconds": seconds, "seconds_per_window": seconds / n}
 
 
-class TaskError(RuntimeError):
-    """Zero-shot evaluation could not run (task data unreachable, unknown task)."""
+# Warnings that are routine here (a model object, task configs built in code, num_fewshot always passed, stock YAMLs
+# that leave a metric's aggregation to the default): dropped so that the harness's other warnings stand out.
+_ROUTINE_WARNINGS = ("`pretrained` model kwarg is not of type", "Passed an already-initialized model",
+                     "Custom kwargs can be passed", "Overwriting default num_fewshot", "is defined, but")
+_HARNESS_LOGGERS = ("lm_eval.evaluator", "lm_eval.api.task", "lm_eval.models.huggingface")
 
 
-def zero_shot(model, tokenizer, tasks, num_fewshot=0, limit=None, batch_size=1, device="cpu"):
-    """Accuracies (0-1) per task from lm-evaluation-harness, with the harness version and batch size."""
+def _not_routine(record):
+    return not any(text in record.getMessage() for text in _ROUTINE_WARNINGS)
+
+
+@contextlib.contextmanager
+def _quiet_harness():
+    """The harness logs every step at INFO: warnings only, less the routine ones."""
+    top = logging.getLogger("lm_eval")
+    level = top.level
+    top.setLevel(logging.WARNING)
+    for name in _HARNESS_LOGGERS:
+        logging.getLogger(name).addFilter(_not_routine)
+    try:
+        yield
+    finally:
+        top.setLevel(level)
+        for name in _HARNESS_LOGGERS:
+            logging.getLogger(name).removeFilter(_not_routine)
+
+
+def _metrics(harness_metrics):
+    """acc, acc_norm, perplexity and their standard errors, keyed without the harness's filter suffix (",none")."""
+    out = {}
+    for key, value in harness_metrics.items():
+        name = key.split(",")[0]
+        if name.removesuffix("_stderr") in METRICS and isinstance(value, float):
+            out[name] = value
+    return out
+
+
+def zero_shot(model, tokenizer, tasks, num_fewshot=0, limit=None, batch_size=1, device="cpu", data_dir=None):
+    """Metrics (accuracies 0-1) per task from lm-evaluation-harness on the model in memory, with the harness version
+    and batch size. Tasks with local files in data_dir run from them (rptq.tasks), the others from the hub."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                      batch_size=batch_size, device=device)
-    except Exception as e:  # the harness raises many kinds; the user needs one line
-        raise TaskError(f"lm-evaluation-harness failed on {','.join(tasks)}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    planned, manager = plan_tasks(tasks, data_dir)
+    start = time.perf_counter()
+    with _quiet_harness():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=[p.spec for p in planned], task_manager=manager,
+                                          num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device,
+                                          log_samples=False)
+        except Exception as e:  # the harness raises many kinds; the user needs one line
+            raise TaskError(f"lm-evaluation-harness failed on {','.join(tasks)}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    asked = {p.harness_name: p for p in planned}
     results = {}
-    for task, metrics in out["results"].items():
-        results[task] = {k.split(",")[0]: v for k, v in metrics.items()
-                         if k.split(",")[0] in ("acc", "acc_norm", "perplexity") and isinstance(v, float)}
+    for harness_name, metrics in out["results"].items():
+        if harness_name in out.get("groups", {}):
+            continue  # a group's own line aggregates its tasks, which are listed themselves
+        plan = asked.get(harness_name)
+        config, counts = out["configs"][harness_name], out["n-samples"][harness_name]
+        results[plan.name if plan else harness_name] = {
+            "label": plan.label if plan else harness_name,
+            "source": plan.source if plan and plan.source else _stock_source(config),
+            **_metrics(metrics), "examples": counts["effective"], "examples_total": counts["original"],
+            "task_version": out["versions"][harness_name]}
     return {"results": results, "harness_version": lm_eval.__version__, "batch_size": batch_size,
-            "num_fewshot": num_fewshot, "limit": limit}
+            "num_fewshot": num_fewshot, "limit": limit, "seconds": time.perf_counter() - start}
+
+
+def _stock_source(config):
+    return {"kind": "stock", "dataset": config.get("dataset_path"), "dataset_name": config.get("dataset_name"),
+            "split": config.get("test_split") or config.get("validation_split")}

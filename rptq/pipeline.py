@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from quantize import GPTQ, ActQuantizer, ProbQuantizer, column_groups, quantize_rtn
-from quantize.attention import ATTN_IMPLEMENTATION
+from quantize import GPTQ, ActQuantizer, ProbQuantizer, cluster_index, column_groups, quantize_rtn
+from quantize.attention import ATTENTION_TENSORS, ATTN_IMPLEMENTATION
 
 from .cluster import check_cluster_count, cluster_channels
-from .reorder import apply_reorder
+from .reorder import apply_reorder, per_query_head, per_query_head_clusters
 from .stats import SiteObserver, channel_ranges, cluster_ranges
 
 POINTS = ("R1", "R2", "R3", "R4", "R5")
@@ -122,7 +122,7 @@ def run_layer(layer, inputs, kwargs):
 
 @torch.no_grad()
 def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
-    """Steps (a)-(d) on one layer (already on the device); returns the cluster sizes of each point."""
+    """Steps (a)-(d) on one layer (already on the device); returns the number of clusters of each point."""
     points = adapter.reorder_points(layer)
     linears = {id(lin): lin for p in points for lin in p.consumers}
     use_gptq = cfg.wbits < FLOAT_BITS and cfg.w_quantizer == "gptq"
@@ -141,27 +141,27 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     timings["calibration"] += time.perf_counter() - t
 
     t = time.perf_counter()  # (b)
-    sizes_of, input_sizes = {}, {}
+    index_of, input_clusters = {}, {}
     for p in points:
         k = cfg.point_clusters(p.name)
+        index = torch.zeros(p.channels, dtype=torch.long)
         if k > 1:
-            # per channel: (max, min) of each clustered site over all calibration windows; the reference
-            # clusters on plain running extremes whatever --metric says (that one sets the quantizer ranges)
-            features = torch.cat([torch.stack(channel_ranges(*stats[id(s)], "minmax")[::-1], 1)
-                                  for s in p.cluster_on], 1)
-            perm, sizes = cluster_channels(features, k, p.heads, p.name)
-            apply_reorder(p, perm)
-            for s in p.sites:
-                mins, maxs = stats[id(s)]
-                stats[id(s)] = (mins[:, perm], maxs[:, perm])
-            for lin in p.consumers:
-                if id(lin) in gptq:
-                    gptq[id(lin)].permute(perm)
-        else:
-            sizes = [p.channels]
-        sizes_of[p.name] = sizes
+            perm, sizes = cluster_channels(clustering_features(p, stats), k, p.heads, p.name)
+            index = cluster_index(sizes)  # in the new order
+            if p.folds:
+                apply_reorder(p, perm)
+                for s in p.sites:
+                    mins, maxs = stats[id(s)]
+                    site_perm = per_query_head(perm, p.heads, mins.shape[1])
+                    stats[id(s)] = (mins[:, site_perm], maxs[:, site_perm])
+                for lin in p.consumers:
+                    if id(lin) in gptq:
+                        gptq[id(lin)].permute(per_query_head(perm, p.heads, lin.in_features))
+            else:
+                index = index[torch.argsort(perm)]  # the same clusters, channels left in place
+        index_of[p.name] = index
         for lin in p.consumers:
-            input_sizes[id(lin)] = sizes
+            input_clusters[id(lin)] = per_query_head_clusters(index, p.heads, lin.in_features)
     timings["clustering"] += time.perf_counter() - t
 
     for p in points:  # (c)
@@ -169,9 +169,10 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
             bits = cfg.site_bits(s.kind)
             if bits is None:
                 continue
-            quantizer = ActQuantizer(bits, sizes_of[p.name], cfg.grid, cfg.a_dynamic).to(cfg.device)
+            index = per_query_head_clusters(index_of[p.name], p.heads, p.channels * s.group)
+            quantizer = ActQuantizer(bits, index, cfg.grid, cfg.a_dynamic).to(cfg.device)
             if not cfg.a_dynamic:
-                quantizer.set_ranges(*cluster_ranges(*stats[id(s)], sizes_of[p.name], cfg.metric))
+                quantizer.set_ranges(*cluster_ranges(*stats[id(s)], index, cfg.metric))
             s.attach_quantizer(quantizer)
     if cfg.prob_bits is not None:
         adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
@@ -179,13 +180,27 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     t = time.perf_counter()  # (d)
     if cfg.wbits < FLOAT_BITS:
         for key, lin in linears.items():
-            groups = column_groups(cfg.w_granularity, lin.in_features, input_sizes[key], cfg.groupsize)
+            groups = column_groups(cfg.w_granularity, lin.in_features, input_clusters[key], cfg.groupsize)
             if use_gptq:
                 gptq[key].quantize(groups, cfg.wbits, cfg.grid, cfg.percdamp, act_order=cfg.act_order)
             else:
                 quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
     timings["weight_quantization"] += time.perf_counter() - t
-    return sizes_of
+    return {name: int(index.max()) + 1 for name, index in index_of.items()}
+
+
+def clustering_features(point, stats):
+    """[channels, F]: per channel, (max, min) over all calibration windows of every site clustered on; a site
+    read once per query head contributes the ranges of each of those heads (Q and K jointly per K/V head).
+    Plain running extremes whatever --metric says, as the reference (the metric sets the quantizer ranges)."""
+    features = []
+    for s in point.cluster_on:
+        mins, maxs = channel_ranges(*stats[id(s)], "minmax")
+        per_channel = torch.stack([maxs, mins], 1)  # [channels * group, 2]
+        head_dim = point.channels // point.heads
+        per_channel = per_channel.view(point.heads, s.group, head_dim, 2).transpose(1, 2)
+        features.append(per_channel.reshape(point.channels, 2 * s.group))
+    return torch.cat(features, 1)
 
 
 def check_clusters(model, adapter, cfg: RPTQConfig):
@@ -198,8 +213,9 @@ def check_clusters(model, adapter, cfg: RPTQConfig):
 def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True):
     """Quantize the model in place; returns timings per stage (seconds) and cluster counts."""
     check_clusters(model, adapter, cfg)
-    if cfg.prob_bits is not None:
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    sites = [s for p in adapter.reorder_points(adapter.layers(model)[0]) for s in p.sites]
+    if cfg.prob_bits is not None or any(s.where in ATTENTION_TENSORS for s in sites):
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)  # the only attention that calls those sites' hooks
     timings = defaultdict(float)
     t = time.perf_counter()
     inputs, kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)
@@ -213,4 +229,4 @@ def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True
         timings["layer_outputs"] += time.perf_counter() - t
         layer.to("cpu")
     return {"timings_s": dict(timings),
-            "clusters_per_layer": [{name: len(s) for name, s in c.items()} for c in clusters]}
+            "clusters_per_layer": clusters}

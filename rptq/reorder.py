@@ -33,10 +33,32 @@ def permute_norm(norm: nn.Module, perm):
     norm.register_forward_pre_hook(lambda mod, args: (args[0].index_select(-1, mod.rptq_perm), *args[1:]))
 
 
+def per_query_head(perm, heads, size):
+    """A permutation of the point's `heads` heads, for a tensor of `size` channels that holds each head once per
+    query head sharing it (grouped-query attention: size = heads * group * head_dim), head-major."""
+    if size == len(perm):
+        return perm
+    assert size % len(perm) == 0, f"{size} channels do not hold whole copies of {len(perm)}"
+    head_dim = len(perm) // heads
+    within = perm.view(heads, head_dim) % head_dim  # a per-head permutation moves channels inside their head
+    within = within.repeat_interleave(size // len(perm), 0)
+    return (within + head_dim * torch.arange(len(within)).unsqueeze(1)).reshape(-1)
+
+
+def per_query_head_clusters(index, heads, size):
+    """Cluster ids [size] for a site that holds each of the point's heads once per query head: each query head
+    gets its own copy of its K/V head's clusters. One cluster (no reorder) stays one cluster of the whole tensor."""
+    if size == len(index) or int(index.max()) == 0:
+        return index.repeat(size // len(index))
+    group = size // len(index)
+    ids = index.view(heads, 1, -1) * group + torch.arange(group).view(1, group, 1)
+    return torch.unique(ids.reshape(-1), return_inverse=True)[1]
+
+
 def apply_reorder(point, perm):
     if point.norm is not None:
         permute_norm(point.norm, perm)
     for linear in point.producers:
-        permute_rows(linear, perm)
+        permute_rows(linear, per_query_head(perm, point.heads, linear.out_features))
     for linear in point.consumers:
-        permute_columns(linear, perm)
+        permute_columns(linear, per_query_head(perm, point.heads, linear.in_features))

@@ -5,7 +5,7 @@ ranges) and the quantizers (per-cluster ranges, which are only known after clust
 """
 import torch
 
-from quantize import cluster_index, reduce_channels
+from quantize import reduce_channels
 
 METRICS = ("minmax", "ema_minmax")
 EMA_DECAY = 0.99
@@ -46,7 +46,8 @@ def channel_ranges(mins, maxs, metric):
     return reduce_samples(mins, metric, largest=False), reduce_samples(maxs, metric, largest=True)
 
 
-def cluster_ranges(mins, maxs, sizes, metric):
-    """Per-cluster ranges [K] of contiguous clusters: per sample over the cluster's channels, then the metric."""
-    lo, hi = reduce_channels(mins, maxs, cluster_index(sizes), len(sizes))
+def cluster_ranges(mins, maxs, index, metric):
+    """Per-cluster ranges [K] (index [C]: cluster of each channel): per sample over the cluster's channels,
+    then the metric."""
+    lo, hi = reduce_channels(mins, maxs, index, int(index.max()) + 1)
     return channel_ranges(lo, hi, metric)

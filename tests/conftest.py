@@ -24,13 +24,15 @@ def data_dir():
 
 
 def randomize_affine(model, seed=0):
-    """Random weights keep LayerNorm at weight 1, bias 0; the reorder tests need non-trivial ones."""
+    """Random weights keep norms at weight 1, bias 0; the reorder tests need non-trivial ones."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, torch.nn.LayerNorm):
                 mod.weight.copy_(1 + 0.5 * torch.randn(mod.weight.shape, generator=gen))
                 mod.bias.copy_(0.5 * torch.randn(mod.bias.shape, generator=gen))
+            elif type(mod).__name__.endswith("RMSNorm"):
+                mod.weight.copy_(1 + 0.5 * torch.randn(mod.weight.shape, generator=gen))
             elif isinstance(mod, torch.nn.Linear) and mod.bias is not None:
                 mod.bias.copy_(0.2 * torch.randn(mod.bias.shape, generator=gen))
     return model
@@ -44,6 +46,17 @@ def tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0):
                        num_hidden_layers=layers, max_position_embeddings=2048, word_embed_proj_dim=hidden,
                        pad_token_id=1, bos_token_id=2, eos_token_id=2)
     return randomize_affine(OPTForCausalLM(config).eval(), seed)
+
+
+def tiny_llama(vocab_size=512, hidden=64, heads=4, kv_heads=2, ffn=128, layers=2, seed=0):
+    """Grouped-query attention (two query heads per K/V head), rotary embeddings, SwiGLU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, intermediate_size=ffn, num_hidden_layers=layers,
+                         max_position_embeddings=2048)
+    return randomize_affine(LlamaForCausalLM(config).eval(), seed)
 
 
 def require_smollm2():

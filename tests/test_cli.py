@@ -92,14 +92,17 @@ def test_w4a4_run_records_its_mode_and_stage_timings(tiny_opt_dir, data_dir, tmp
     assert torch.isfinite(torch.tensor(res["ppl"]["wikitext2"]["ppl"]))
 
 
-def test_smollm2_real_model_short_perplexity(data_dir, tmp_path):
+def test_smollm2_real_model_short_perplexity_float_and_w4a4(data_dir, tmp_path):
     require_smollm2()
-    out = tmp_path / "smol.json"
-    proc = run_main("smollm2-135m", "--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 1, "--seqlen", 512,
-                    "--data_dir", data_dir, "--cache_dir", tmp_path, "--output_path", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(out.read_text())
-    assert res["family"] == "llama"
-    assert 3 < res["ppl"]["wikitext2"]["ppl"] < 60  # a trained model, unlike a random one (~ vocab size)
-    refused = run_main("smollm2-135m", "--eval_ppl", "--wbits", 4, "--data_dir", data_dir)
-    assert_one_line_error(refused, "not implemented yet")
+    common = ["--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2, "--seqlen", 256, "--data_dir", data_dir,
+              "--cache_dir", tmp_path]
+    ppl = {}
+    for label, flags in (("fp", []), ("w4a4", ["--wbits", 4, "--abits", 4, "--nsamples", 2])):
+        out = tmp_path / f"{label}.json"
+        proc = run_main("smollm2-135m", *common, *flags, "--output_path", out, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(out.read_text())
+        assert res["family"] == "llama" and res["status"] == "complete"
+        ppl[label] = res["ppl"]["wikitext2"]["ppl"]
+    assert 3 < ppl["fp"] < 60  # a trained model, unlike a random one (~ vocab size)
+    assert ppl["fp"] < ppl["w4a4"] < 3 * ppl["fp"], ppl  # quantized, and still a language model

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantize import ActQuantizer
+from quantize import ActQuantizer, cluster_index
 from rptq.cluster import ClusterError, cluster_channels
 from rptq.stats import channel_ranges, cluster_ranges, reduce_samples
 
@@ -21,8 +21,9 @@ def _clustered_mse(x, k):
     mins, maxs = _per_sample_stats(x)
     lo, hi = channel_ranges(mins, maxs, "minmax")
     perm, sizes = cluster_channels(torch.stack([hi, lo], 1), k)
-    q = ActQuantizer(4, sizes)
-    q.set_ranges(*cluster_ranges(mins[:, perm], maxs[:, perm], sizes, "minmax"))
+    index = cluster_index(sizes)
+    q = ActQuantizer(4, index)
+    q.set_ranges(*cluster_ranges(mins[:, perm], maxs[:, perm], index, "minmax"))
     xp = x[..., perm]
     return ((q(xp) - xp).pow(2).mean((0, 1)) / xp.var((0, 1))).mean().item()
 

@@ -1,10 +1,17 @@
+import json
 import math
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import tiny_opt
+from conftest import ROOT, data_folder, tiny_opt
 
-from rptq.evaluate import perplexity
+from rptq.evaluate import perplexity, zero_shot
+from rptq.tasks import LOCAL_TASKS, local_tasks
+
+DATA = data_folder()
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +37,53 @@ def test_limit_averages_over_the_windows_it_ran(model_and_windows):
     assert res["ppl"] == pytest.approx(math.exp(sum(losses[:2]) / 2), rel=1e-5)
     assert res["ppl"] != pytest.approx(math.exp(sum(losses[:2]) / 5), rel=1e-3)  # the reference's bug
     assert perplexity(model, windows, limit=50, progress=False)["windows"] == 5
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt is recorded and refused."""
+    attempts = []
+
+    def refuse(sock, address):
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+def test_harness_runs_every_local_task_offline_on_a_tiny_model(smol_tokenizer, no_network):
+    if len(local_tasks(LOCAL_TASKS, DATA)) < len(LOCAL_TASKS):
+        pytest.skip(f"task files not found in {DATA}")
+    import lm_eval
+
+    model = tiny_opt(vocab_size=len(smol_tokenizer), layers=1)
+    res = zero_shot(model, smol_tokenizer, list(LOCAL_TASKS), limit=2, batch_size=2, data_dir=DATA)
+    assert no_network == []
+    assert (res["harness_version"], res["batch_size"], res["num_fewshot"], res["limit"]) == (lm_eval.__version__, 2,
+                                                                                            0, 2)
+    assert list(res["results"]) == list(LOCAL_TASKS)
+    for name, task in res["results"].items():
+        assert task["label"] == LOCAL_TASKS[name].label(name) and task["examples"] == 2
+        assert task["source"]["kind"] == "local" and task["source"]["files"][0].startswith(str(DATA))
+        assert 0 <= task["acc"] <= 1 and "acc_stderr" in task
+        assert ("acc_norm" in task) == (name in ("piqa", "arc_easy", "arc_challenge", "openbookqa"))
+    assert res["results"]["lambada_openai"]["perplexity"] > 1  # a random model: far from the truth
+    assert "4-choice copy" in res["results"]["arc_easy"]["label"]
+
+
+def test_cli_prints_and_records_zero_shot_results(tiny_opt_dir, tmp_path):
+    if len(local_tasks(["piqa", "boolq"], DATA)) < 2:
+        pytest.skip(f"task files not found in {DATA}")
+    out = tmp_path / "zs.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), str(tiny_opt_dir), "--tasks", "piqa,boolq",
+                           "--limit", "3", "--data_dir", str(DATA), "--output_path", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    zs = json.loads(out.read_text())["zero_shot"]
+    piqa = zs["results"]["piqa"]
+    assert piqa["source"]["kind"] == "local" and (piqa["examples"], piqa["examples_total"]) == (3, 1838)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(piqa["label"]))
+    assert row.split()[-3:] == [f"{100 * piqa['acc']:.2f}", f"{100 * piqa['acc_norm']:.2f}", "3/1838"]
+    assert f"lm-evaluation-harness {zs['harness_version']}, 0-shot, batch size 1" in proc.stdout
+    assert "WARNING" not in proc.stderr and "Custom kwargs" not in proc.stderr

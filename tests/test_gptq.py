@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from quantize import GPTQ, column_groups, fake_quantize, quantize_rtn, weight_qparams
+from quantize import GPTQ, cluster_index, column_groups, fake_quantize, quantize_rtn, weight_qparams
 
-CLUSTERS = column_groups("cluster", 64, cluster_sizes=[16, 16, 32])
+CLUSTERS = column_groups("cluster", 64, clusters=cluster_index([16, 16, 32]))
 
 
 def _layer_and_inputs(seed=0):
@@ -37,14 +37,14 @@ def _output_error(x, q, w):
 
 
 def test_column_groups():
-    assert column_groups("cluster", 5, cluster_sizes=[2, 3]).tolist() == [0, 0, 1, 1, 1]
+    assert column_groups("cluster", 5, clusters=torch.tensor([0, 0, 1, 1, 0])).tolist() == [0, 0, 1, 1, 0]
     assert column_groups("channel", 3).tolist() == [0, 0, 0]
     assert column_groups("group", 5, groupsize=2).tolist() == [0, 0, 1, 1, 2]
 
 
 def test_weight_qparams_are_constant_within_each_group():
     w = torch.randn(8, 10)
-    scale, zero = weight_qparams(w, column_groups("cluster", 10, cluster_sizes=[3, 5, 2]), bits=4)
+    scale, zero = weight_qparams(w, column_groups("cluster", 10, clusters=cluster_index([3, 5, 2])), bits=4)
     for cols in ([0, 1, 2], [3, 4, 5, 6, 7], [8, 9]):
         assert (scale[:, cols] == scale[:, cols[:1]]).all() and (zero[:, cols] == zero[:, cols[:1]]).all()
     assert not torch.equal(scale[:, 0], scale[:, 3])
@@ -56,7 +56,7 @@ def test_weight_qparams_are_constant_within_each_group():
 def test_gptq_beats_round_to_nearest_and_stays_on_the_grid(bits, granularity, act_order):
     linear, x = _layer_and_inputs()
     original = linear.weight.detach().clone()
-    groups = column_groups(granularity, 64, cluster_sizes=[16, 16, 32], groupsize=16)
+    groups = column_groups(granularity, 64, clusters=CLUSTERS, groupsize=16)
     rtn = _copy(linear)
     quantize_rtn(rtn, groups, bits)
     q = _gptq(linear, x, groups, bits, act_order=act_order)

@@ -75,7 +75,7 @@ def test_cluster_minmax_reduces_over_tokens_and_cluster_channels():
 
 def _relative_mse(x, sizes, bits=4):
     """Mean over channels of the quantization MSE relative to the channel's variance."""
-    q = ActQuantizer(bits, sizes)
+    q = ActQuantizer(bits, cluster_index(sizes))
     q.set_ranges(*cluster_minmax(x, q.index, len(sizes)))
     return ((q(x) - x).pow(2).mean(0) / x.var(0)).mean().item()
 
@@ -90,7 +90,7 @@ def test_per_cluster_beats_per_tensor_on_channels_of_different_ranges():
 
 
 def test_dynamic_quantizer_uses_each_tensors_own_ranges():
-    q = ActQuantizer(8, [2, 2], dynamic=True)
+    q = ActQuantizer(8, cluster_index([2, 2]), dynamic=True)
     x = torch.tensor([[0.0, 1.0, -50.0, 50.0]])
     y = q(x)
     assert (y[0, :2] - x[0, :2]).abs().max() < 1 / 256 + 1e-6  # small cluster keeps a fine step
@@ -99,7 +99,7 @@ def test_dynamic_quantizer_uses_each_tensors_own_ranges():
 
 def test_static_quantizer_refuses_to_run_uncalibrated():
     with pytest.raises(RuntimeError):
-        ActQuantizer(4, [4])(torch.zeros(2, 4))
+        ActQuantizer(4, cluster_index([4]))(torch.zeros(2, 4))
 
 
 def test_prob_quantizer_uses_a_fixed_grid():

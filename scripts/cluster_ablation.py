@@ -1,0 +1,143 @@
+"""The paper's Figure 4: W16A4 perplexity against the number of clusters, clustering one reorder point at a time
+(the other points keep one cluster), one main.py JSON per run, then a CSV and a plot.
+
+    python scripts/cluster_ablation.py opt-1.3b -- --device cuda
+    python scripts/cluster_ablation.py opt-125m --clusters 1,4,32 --points 14 -- --nsamples 16 --limit 8
+    python scripts/cluster_ablation.py opt-125m --render-only
+
+One cluster at a point is the same run whichever point it is (nothing reordered): it runs once and every point
+shares it. Runs, resume and errors are sweep.py's.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep  # noqa: E402  (it puts the repository root on sys.path)
+
+import datautils  # noqa: E402
+
+CLUSTERS = (1, 2, 4, 8, 32)
+POINTS = "12345"
+BASE = "W16A4"
+SHARED = "W16A4-noreorder"  # the one-cluster run at every point
+CSV_HEADER = ("point", "clusters", "dataset", "ppl", "windows")
+
+
+def run_name(point, clusters):
+    return SHARED if clusters == 1 else f"{BASE}-R{point}-k{clusters}"
+
+
+def ablation_runs(points, clusters):
+    """{run name: main.py flags}: each point alone at each cluster count; one shared no-reorder run for k=1."""
+    return {run_name(p, k): sweep.SETTINGS[SHARED] if k == 1
+            else [*sweep.SETTINGS[BASE], "--reorder", p, f"--R{p}_clusters", str(k)]
+            for p in points for k in clusters}
+
+
+def ablation_rows(records, points, clusters, dataset):
+    """CSV rows (point, clusters, dataset label, ppl, windows run/total) of the runs that measured dataset."""
+    rows = []
+    for p in points:
+        for k in clusters:
+            ppl = (records.get(run_name(p, k)) or {}).get("ppl", {})
+            label = next((label for label in ppl if sweep.dataset_base(label) == dataset), None)
+            if label is not None:
+                res = ppl[label]
+                rows.append((f"R{p}", k, label, res["ppl"], f"{res['windows']}/{res['windows_total']}"))
+    return rows
+
+
+def plot_title(model, records, rows):
+    """Model, setting, data and limits, from the JSONs: the plot says what produced it."""
+    done = {n: r for n, r in records.items() if r}
+    settings = {n: r["settings"] for n, r in done.items()}
+    label = sweep.summarize((n, r.get("label")) for n, r in done.items())
+    data = sweep.summarize((f"R{p}", f"{name} {windows} windows") for p, _, name, _, windows in rows)
+    limits = ", ".join(f"{key} {sweep.summarize((n, s.get(key)) for n, s in settings.items())}"
+                       for key in ("seqlen", "nsamples", "calib_dataset", "limit", "dtype"))
+    return f"{sweep.model_name(model)} {label}: perplexity vs clusters at one reorder point\n{data}; {limits}"
+
+
+def write_outputs(out_dir, model, records, points, clusters, dataset):
+    """out_dir/clusters.csv and out_dir/clusters.png, each written atomically; their paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = ablation_rows(records, points, clusters, dataset)
+    csv_path, png_path = out_dir / "clusters.csv", out_dir / "clusters.png"
+    sweep.write_text(csv_path, sweep.csv_text([CSV_HEADER, *rows]))
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for point in dict.fromkeys(r[0] for r in rows):
+        line = [(k, ppl) for p, k, _, ppl, _ in rows if p == point]
+        ax.plot(*zip(*line), marker="o", label=point)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(clusters), [str(k) for k in clusters])
+    ax.set_xlabel("clusters at the reorder point (others: 1)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(plot_title(model, records, rows), fontsize=8)
+    if rows:
+        ax.legend(title="reorder point")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    datautils.atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    return csv_path, png_path
+
+
+def cluster_list(text):
+    try:
+        clusters = sorted({int(k) for k in text.split(",") if k})
+    except ValueError:
+        clusters = []
+    if not clusters or clusters[0] < 1:
+        raise sweep.SweepError(f"--clusters takes a comma list of counts >= 1 such as 1,2,4, got '{text}'")
+    return clusters
+
+
+def point_list(text):
+    if not text or any(p not in POINTS for p in text) or len(set(text)) < len(text):
+        raise sweep.SweepError(f"--points takes distinct digits 1-5 such as 12345 or 14, got '{text}'")
+    return text
+
+
+def build_parser():
+    p = sweep.OneLineParser(prog="cluster_ablation.py", description=__doc__, allow_abbrev=False,
+                            usage="%(prog)s MODEL [options] [-- main.py flags]",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="as main.py takes it: a name or a local model folder")
+    p.add_argument("--clusters", default=",".join(map(str, CLUSTERS)),
+                   help="cluster counts, the x axis (default: %(default)s)")
+    p.add_argument("--points", default=POINTS, help="reorder points, one line each (default: %(default)s)")
+    p.add_argument("--dataset", choices=datautils.EVAL_SETS, default="wikitext2",
+                   help="perplexity set (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="result folder (default: out/cluster_ablation/MODELNAME/DATASET in the repository)")
+    p.add_argument("--render-only", action="store_true", help="only write the CSV and plot from the JSONs in DIR")
+    return p
+
+
+def main(argv=None, runner=sweep.run_main):
+    own, extra = sweep.split_extra(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own)
+
+    def body():
+        clusters, points = cluster_list(args.clusters), point_list(args.points)
+        out_dir = (Path(args.out).absolute() if args.out
+                   else sweep.ROOT / "out" / "cluster_ablation" / sweep.model_name(args.model) / args.dataset)
+        rc, records = sweep.sweep(args.model, ablation_runs(points, clusters),
+                                  ["--eval_ppl", "--ppl_datasets", args.dataset], extra, out_dir, args.render_only,
+                                  runner)
+        if rc:
+            return rc
+        csv_path, png_path = write_outputs(out_dir, args.model, records, points, clusters, args.dataset)
+        print(f"\n{csv_path.read_text()}\ncsv: {csv_path}\nplot: {png_path}")
+        return 0
+
+    return sweep.guarded("cluster_ablation.py", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""scripts/cluster_ablation.py: which runs it asks for, and its CSV and plot from fabricated JSONs."""
+import csv
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import cluster_ablation  # noqa: E402
+
+
+def test_one_point_at_a_time_and_one_shared_run_for_a_single_cluster():
+    runs = cluster_ablation.ablation_runs("14", [1, 2, 8])
+    assert runs == {
+        "W16A4-noreorder": ["--abits", "4", "--reorder", ""],
+        "W16A4-R1-k2": ["--abits", "4", "--reorder", "1", "--R1_clusters", "2"],
+        "W16A4-R1-k8": ["--abits", "4", "--reorder", "1", "--R1_clusters", "8"],
+        "W16A4-R4-k2": ["--abits", "4", "--reorder", "4", "--R4_clusters", "2"],
+        "W16A4-R4-k8": ["--abits", "4", "--reorder", "4", "--R4_clusters", "8"],
+    }
+
+
+def record(ppl):
+    settings = {"seqlen": 2048, "nsamples": 128, "calib_dataset": "mix", "limit": None, "dtype": "float16"}
+    return {"model": "opt-125m", "label": "W16A4", "status": "complete", "settings": settings,
+            "ppl": {"c4-proxy": {"ppl": ppl, "windows": 256, "windows_total": 256}}}
+
+
+def test_csv_and_plot_from_fabricated_results(tmp_path):
+    points, clusters = "14", [1, 2, 32]
+    records = {name: record(10.0 + i) for i, name in enumerate(cluster_ablation.ablation_runs(points, clusters))}
+    records["W16A4-R4-k32"] = None  # not run: no row, no point on the line
+    csv_path, png_path = cluster_ablation.write_outputs(tmp_path, "opt-125m", records, points, clusters, "c4")
+
+    with csv_path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["point", "clusters", "dataset", "ppl", "windows"]
+    assert rows[1:] == [["R1", "1", "c4-proxy", "10.0", "256/256"], ["R1", "2", "c4-proxy", "11.0", "256/256"],
+                        ["R1", "32", "c4-proxy", "12.0", "256/256"], ["R4", "1", "c4-proxy", "10.0", "256/256"],
+                        ["R4", "2", "c4-proxy", "13.0", "256/256"]]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clusters.csv", "clusters.png"]  # no temporary left
+
+    title = cluster_ablation.plot_title("opt-125m", records, cluster_ablation.ablation_rows(records, points, clusters,
+                                                                                           "c4"))
+    assert "opt-125m W16A4" in title and "c4-proxy 256/256 windows" in title and "nsamples 128" in title
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["opt-125m", "--clusters", "0,2"], "--clusters takes a comma list of counts >= 1"),
+    (["opt-125m", "--points", "16"], "--points takes distinct digits 1-5"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys):
+    assert cluster_ablation.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
