@@ -1,8 +1,10 @@
 """Resolve a model name to weights, a tokenizer and its family adapter; fail fast when the hub is unreachable."""
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from datautils import hub_offline, hub_reachable
 
@@ -76,6 +78,10 @@ def load_model(name, dtype=torch.float32):
 
     hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
     source, kwargs = resolve(name)
+    if "gguf_file" in kwargs:
+        import transformers.modeling_gguf_pytorch_utils as gguf_loading
+
+        gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey the switch above
     adapter = adapter_for(AutoConfig.from_pretrained(source, **kwargs))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

@@ -447,7 +447,8 @@ def build_parser():
     p.add_argument("--tasks", default=None, help=f"--table zeroshot only (default: {','.join(TASKS)})")
     p.add_argument("--out", default=None, help="result folder (default: out/sweep/MODELNAME/TABLE in the repository)")
     p.add_argument("--paper_dir", default=None, help=f"the paper's CSV files (default: {PAPER_DIR})")
-    p.add_argument("--render-only", action="store_true", help="only render DIR/table.md from the JSONs there")
+    p.add_argument("--markdown", default=None, help="where the rendered table goes (default: DIR/table.md)")
+    p.add_argument("--render-only", action="store_true", help="only render the table from the JSONs in DIR")
     return p
 
 
@@ -496,8 +497,9 @@ def main(argv=None, runner=run_main):
         if rc:
             return rc
         text = render(args.table, args.model, records, paper, note, tasks)
-        write_text(out_dir / "table.md", text)
-        print(f"\n{text}\ntable: {out_dir / 'table.md'}")
+        markdown = Path(args.markdown) if args.markdown else out_dir / "table.md"
+        write_text(markdown, text)
+        print(f"\n{text}\ntable: {markdown}")
         return 0
 
     return guarded("sweep.py", body)

@@ -1,5 +1,7 @@
+import collections
 import json
 import math
+import pathlib
 import socket
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, data_folder, tiny_opt
 
+import rptq.tasks
 from rptq.evaluate import perplexity, zero_shot
 from rptq.tasks import LOCAL_TASKS, local_tasks
 
@@ -87,3 +90,33 @@ def test_cli_prints_and_records_zero_shot_results(tiny_opt_dir, tmp_path):
     assert row.split()[-3:] == [f"{100 * piqa['acc']:.2f}", f"{100 * piqa['acc_norm']:.2f}", "3/1838"]
     assert f"lm-evaluation-harness {zs['harness_version']}, 0-shot, batch size 1" in proc.stdout
     assert "WARNING" not in proc.stderr and "Custom kwargs" not in proc.stderr
+
+
+def test_stock_and_local_tasks_score_the_same_documents_alike(smol_tokenizer, monkeypatch):
+    """The stock tasks, their hub data faked with the same original files, give exactly the local tasks' numbers."""
+    if len(local_tasks(["lambada_openai", "piqa"], DATA)) < 2:
+        pytest.skip(f"task files not found in {DATA}")
+    import datasets
+    import lm_eval.tasks
+
+    lines = {name: (DATA / LOCAL_TASKS[name].files[0]).read_text().splitlines() for name in ("lambada_openai", "piqa")}
+    labels = (DATA / "piqa/valid-labels.lst").read_text().split()
+    hub = {"EleutherAI/lambada_openai": [json.loads(line) for line in lines["lambada_openai"]],
+           "baber/piqa": [{**json.loads(line), "label": int(label)} for line, label in zip(lines["piqa"], labels)]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kwargs: collections.defaultdict(
+        lambda: datasets.Dataset.from_list(hub[path])))
+    stock_root = pathlib.Path(lm_eval.tasks.__file__).parent
+    index = lm_eval.tasks.TaskManager(include_path=[stock_root / "lambada", stock_root / "piqa"],
+                                      include_defaults=False)
+    monkeypatch.setattr(rptq.tasks, "_task_manager", lambda folder=None: index)  # the full index takes seconds
+
+    model = tiny_opt(vocab_size=len(smol_tokenizer), layers=1)
+    local = zero_shot(model, smol_tokenizer, ["lambada_openai", "piqa"], limit=6, data_dir=DATA)["results"]
+    stock = zero_shot(model, smol_tokenizer, ["lambada_openai", "piqa"], limit=6)["results"]
+    assert stock["piqa"]["source"] == {"kind": "stock", "dataset": "baber/piqa", "dataset_name": None,
+                                       "split": "validation"}
+    assert stock["piqa"]["label"] == "piqa" and local["piqa"]["source"]["kind"] == "local"
+    for name in ("lambada_openai", "piqa"):
+        numbers = {k: v for k, v in local[name].items() if k not in ("label", "source")}
+        assert numbers == {k: v for k, v in stock[name].items() if k not in ("label", "source")}
+    assert 1 < local["lambada_openai"]["perplexity"] < float("inf")  # a continuous number: equal inputs throughout
