@@ -229,7 +229,7 @@ def run(args, given=frozenset()):
     datautils.check_sources(ppl_sets(args) if args.eval_ppl else (), args.calib_dataset if run_rptq else None,
                             data_dir)
 
-    from models import load_model
+    from models import load_model, weights_source
     from rptq.evaluate import perplexity, zero_shot
     from rptq.pipeline import RPTQConfig, check_clusters, quantize_model
     from rptq.results import format_table, versions, write_json_atomic
@@ -259,9 +259,9 @@ def run(args, given=frozenset()):
     calibration = {k: settings[k] for k in ("calib_dataset", "nsamples", "seed")} if run_rptq else {}
     out = output_file(args, label, {"quantization": quantization, "dtype": dtype_name, "seqlen": args.seqlen,
                                     "limit": args.limit, **calibration})
-    record = {"model": args.model, "family": adapter.family, "label": label, "status": "running",
-              "settings": settings, "quantization": quantization,
-              "versions": versions(), "timings_s": {"load": time.perf_counter() - t0}, "ppl": {}, "zero_shot": None}
+    record = {"model": args.model, "weights": weights_source(args.model), "family": adapter.family, "label": label,
+              "status": "running", "settings": settings, "quantization": quantization, "versions": versions(),
+              "timings_s": {"load": time.perf_counter() - t0}, "ppl": {}, "zero_shot": None}
     ds_kwargs = {"data_dir": data_dir, "seqlen": args.seqlen, "cache_dir": args.cache_dir}
 
     if run_rptq:

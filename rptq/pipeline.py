@@ -209,13 +209,19 @@ def check_clusters(model, adapter, cfg: RPTQConfig):
         check_cluster_count(cfg.point_clusters(p.name), p.channels, p.heads, p.name)
 
 
+def use_site_attention(model, sites, quantized_probs=False):
+    """Switch to the attention that calls the hooks of Q/K sites inside attention (and quantizes probabilities)
+    when any site or the probabilities need it; otherwise the model keeps its faster attention."""
+    if quantized_probs or any(s.where in ATTENTION_TENSORS for s in sites):
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+
+
 @torch.no_grad()
 def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True):
     """Quantize the model in place; returns timings per stage (seconds) and cluster counts."""
     check_clusters(model, adapter, cfg)
-    sites = [s for p in adapter.reorder_points(adapter.layers(model)[0]) for s in p.sites]
-    if cfg.prob_bits is not None or any(s.where in ATTENTION_TENSORS for s in sites):
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)  # the only attention that calls those sites' hooks
+    use_site_attention(model, [s for p in adapter.reorder_points(adapter.layers(model)[0]) for s in p.sites],
+                       cfg.prob_bits is not None)
     timings = defaultdict(float)
     t = time.perf_counter()
     inputs, kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)

@@ -116,13 +116,11 @@ def observe(model, adapter, windows, layer_index, points, device):
     """Per-window [S, C] (min, max) at each clustering site of the points, keyed by id(site) as the pipeline's."""
     from tqdm import tqdm
 
-    from quantize.attention import ATTENTION_TENSORS, ATTN_IMPLEMENTATION
-    from rptq.pipeline import capture_layer_inputs, run_layer
+    from rptq.pipeline import capture_layer_inputs, run_layer, use_site_attention
     from rptq.stats import SiteObserver
 
     sites = [s for p in points for s in p.cluster_on]
-    if any(s.where in ATTENTION_TENSORS for s in sites):
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)  # the only attention that calls Q/K hooks (Llama R2)
+    use_site_attention(model, sites)
     # hooks sit on the chosen layer's modules only, so the float layers before it pass through unobserved
     observers = {id(s): SiteObserver(s) for s in sites}
     inputs, kwargs = capture_layer_inputs(model, adapter, windows, device)

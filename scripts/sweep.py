@@ -406,7 +406,8 @@ def describe_runs(table, records):
                                       ("reorder", lambda r: r or "none"),
                                       ("clusters", lambda c: " ".join(f"{p}:{k}" for p, k in (c or {}).items()))))
     floats = [n for n in done if n not in quantized]
-    lines = [f"data: {data}"]
+    weights = {n: r["weights"] for n, r in done.items() if r.get("weights")}
+    lines = [f"data: {data}"] + ([f"weights: {over(weights, lambda w: w)}"] if weights else [])
     if quantized:
         lines += [f"calibration: {calibration}", f"mode: {mode}"]
     if floats:

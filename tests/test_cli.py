@@ -105,4 +105,4 @@ def test_smollm2_real_model_short_perplexity_float_and_w4a4(data_dir, tmp_path):
         assert res["family"] == "llama" and res["status"] == "complete"
         ppl[label] = res["ppl"]["wikitext2"]["ppl"]
     assert 3 < ppl["fp"] < 60  # a trained model, unlike a random one (~ vocab size)
-    assert ppl["fp"] < ppl["w4a4"] < 3 * ppl["fp"], ppl  # quantized, and still a language model
+    assert ppl["fp"] < ppl["w4a4"] < 10 * ppl["fp"], ppl  # quantized, still a language model (random: ~50k)
