@@ -73,10 +73,28 @@ def smol_tokenizer():
     return load_tokenizer("smollm2-135m")
 
 
+def _saved(folder, model, tokenizer):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_opt_dir(tmp_path_factory, smol_tokenizer):
     """A tiny random OPT saved like a real checkpoint (with the SmolLM2 tokenizer: OPT's is hub-only)."""
-    folder = tmp_path_factory.mktemp("tiny-opt")
-    tiny_opt(vocab_size=len(smol_tokenizer)).save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
+    return _saved(tmp_path_factory.mktemp("tiny-opt"), tiny_opt(vocab_size=len(smol_tokenizer)), smol_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_tokenizer):
+    return _saved(tmp_path_factory.mktemp("tiny-llama"), tiny_llama(vocab_size=len(smol_tokenizer)), smol_tokenizer)
+
+
+def cached_and_full_logits(model, prompt, new_tokens=8, pad_token_id=0):
+    """Greedy generate() with the K/V cache, and one full forward over the same tokens: (logits of each
+    generated step from the cache, the full forward's logits at those steps, generate()'s output)."""
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id)
+        full = model(out.sequences[:, :-1], use_cache=False).logits
+    return torch.stack(out.logits, 1), full[:, prompt.shape[1] - 1:], out

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 import torch
-from conftest import ROOT, tiny_llama
+from conftest import ROOT
 
 from rptq.cluster import cluster_channels
 
@@ -15,14 +15,6 @@ channel_ranges = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(channel_ranges)
 
 TINY_HEAD_CHANNELS = 16  # tiny_opt and tiny_llama: 64 channels in 4 heads (tiny_llama: 2 K/V heads)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, smol_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama(vocab_size=len(smol_tokenizer)).save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def run_script(model_dir, data_dir, tmp_path, *extra):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import require_smollm2, tiny_llama
+from conftest import cached_and_full_logits, require_smollm2, tiny_llama
 
 from models.llama import LlamaAdapter
 from rptq.pipeline import RPTQConfig, quantize_model
@@ -66,12 +66,8 @@ def test_each_query_head_quantizes_with_its_kv_heads_clusters(model_and_data):
 def test_cached_generation_equals_the_full_forward(model_and_data, kw):
     model, calib, test = model_and_data
     q, _ = _quantized(model, calib, w_quantizer="normal", **kw)
-    prompt = test[:1, :16]
-    with torch.no_grad():
-        out = q.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=0)
-        full = q(out.sequences[:, :-1], use_cache=False).logits
-    assert torch.allclose(torch.stack(out.logits, 1), full[:, 15:], atol=1e-4)
+    cached, full, out = cached_and_full_logits(q, test[:1, :16])
+    assert torch.allclose(cached, full, atol=1e-4)
     attn = q.model.layers[1].self_attn
     cache = out.past_key_values.layers[1]
     keys = cache.keys.transpose(1, 2).flatten(2)  # [b, kv_heads, s, d] -> [b, s, kv_heads * d]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_opt
+from conftest import cached_and_full_logits, tiny_opt
 
 from models.opt import OPTAdapter
 from rptq.cluster import ClusterError
@@ -102,14 +102,9 @@ def test_only_quant_kv_leaves_every_other_activation_untouched(model_and_data):
 def test_cached_generation_equals_the_full_forward(model_and_data, kw):
     model, calib, test = model_and_data
     q, _ = _quantized(model, calib, w_quantizer="normal", **kw)
-    prompt = test[:1, :16]
-    with torch.no_grad():
-        out = q.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=1)
-        full = q(out.sequences[:, :-1], use_cache=False).logits
-    cached = torch.stack(out.logits, 1)  # logits of each generated step, computed from the K/V cache
-    assert torch.allclose(cached, full[:, 15:], atol=1e-4)
-    assert torch.equal(full[:, 15:].argmax(-1), out.sequences[:, 16:])
+    cached, full, out = cached_and_full_logits(q, test[:1, :16], pad_token_id=1)
+    assert torch.allclose(cached, full, atol=1e-4)
+    assert torch.equal(full.argmax(-1), out.sequences[:, 16:])
     layer = q.model.decoder.layers[1]
     cache = out.past_key_values.layers[1]
     for stored, proj in ((cache.keys, layer.self_attn.k_proj), (cache.values, layer.self_attn.v_proj)):
