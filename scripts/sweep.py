@@ -39,6 +39,7 @@ SETTINGS = {
     "W16A4": ["--abits", "4"],
     "W16A4-noreorder": ["--abits", "4", "--reorder", ""],
     "W4A4-noreorder": ["--wbits", "4", "--abits", "4", "--reorder", ""],
+    "W4A3KV-noreorder": ["--wbits", "4", "--abits", "3", "--only_quant_kv", "--reorder", ""],
 }
 PAPER_ROWS = ("FP16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
 TASKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq")
