@@ -49,7 +49,7 @@ class SitePanel:
 
 
 def build_parser():
-    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False,
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help=f"one of {', '.join(MODEL_NAMES)}, or a local model folder")
     p.add_argument("--layer", type=int, default=3, help="decoder layer, counted from 0")

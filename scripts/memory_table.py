@@ -200,7 +200,7 @@ def positive_ints(text):
 
 
 def build_parser():
-    p = OneLineParser(prog="memory_table.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = OneLineParser(prog="memory_table.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--paper", nargs="?", const=PAPER_CSV, type=Path, metavar="CSV",
                         help=f"every cell of Table 3 beside the paper's value (default CSV: {PAPER_CSV})")
