@@ -48,7 +48,7 @@ def build_parser():
                    help="activation range estimator over calibration windows")
     for i, k in enumerate((32, 4, 4, 32, 32), 1):
         g.add_argument(f"--R{i}_clusters", type=int, default=k,
-                       help=f"clusters at R{i}" + (" (per attention head)" if i in (2, 3) else ""))
+                       help=f"clusters at R{i}" + (" (per attention head; Llama: per K/V head)" if i in (2, 3) else ""))
     g.add_argument("--reorder", default=None,
                    help="which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (default 12345; with "
                         "--wbits 16 --abits 16, giving it runs the pipeline with every quantizer off)")

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantize import ProbQuantizer
-from quantize.attention import QUERY_BLOCK, quantized_prob_attention
+from quantize.attention import QUERY_BLOCK, quantized_prob_attention, register_tensor_hook
 
 
 def _additive_causal_mask(q_len, k_len):
@@ -39,3 +39,22 @@ def test_probabilities_are_quantized_when_the_module_asks():
     probs = out.transpose(1, 2)
     assert torch.allclose(probs * 7, torch.round(probs * 7), atol=1e-5)  # every value on the 3-bit grid
     assert (probs[..., 0, 1:] == 0).all()  # the mask still holds
+
+
+def test_query_and_key_hooks_see_head_major_channels_and_can_replace_them():
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=gen) for _ in range(3))
+    module, seen = nn.Module(), {}
+
+    def record(x):
+        seen["key"] = x.clone()
+
+    handles = [register_tensor_hook(module, "key", record),
+               register_tensor_hook(module, "query", lambda x: torch.zeros_like(x))]
+    out, _ = quantized_prob_attention(module, q, k, v, None, scaling=1.0)
+    assert torch.equal(seen["key"][0, 3], k[0, :, 3].reshape(-1))  # token 3: head 0's channels, then head 1's
+    assert torch.allclose(out, v.mean(2, keepdim=True).expand_as(v).transpose(1, 2))  # zero queries: uniform
+    for h in handles:
+        h.remove()
+    out, _ = quantized_prob_attention(module, q, k, v, None, scaling=1.0)
+    assert not torch.allclose(out, v.mean(2, keepdim=True).expand_as(v).transpose(1, 2))
