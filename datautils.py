@@ -119,6 +119,10 @@ _SOURCES = {
 }
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path, write, binary=False):
     """write(file) into a temporary file beside path, then rename it: readers never see half a file and an
     interrupted run leaves the previous version intact."""
@@ -128,6 +132,7 @@ def atomic_write(path, write, binary=False):
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; results are files like any other
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

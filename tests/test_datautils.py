@@ -169,3 +169,12 @@ def test_document_windows_come_from_long_enough_documents(tok):
         assert any(any(torch.equal(w, ids[i:i + 128]) for i in range(ids.numel() - 127)) for ids in long_ids)
     with pytest.raises(DataError, match="too few documents"):
         datautils._document_windows(["tiny"], tok, 128, 1, random.Random(0), max_draws=50)
+
+
+def test_atomic_write_leaves_one_file_with_the_usual_permissions(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    datautils.atomic_write(path, lambda f: f.write("{}"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.read_text() == "{}" and os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]
