@@ -77,7 +77,8 @@ def write_outputs(out_dir, model, records, points, clusters, dataset):
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(clusters), [str(k) for k in clusters])
     ax.set_xlabel("clusters at the reorder point (others: 1)")
-    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")  # one cluster can be orders of magnitude worse than a few
+    ax.set_ylabel("perplexity (log scale)")
     ax.set_title(plot_title(model, records, rows), fontsize=8)
     if rows:
         ax.legend(title="reorder point")
