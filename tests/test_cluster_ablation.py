@@ -9,14 +9,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import cluster_ablation  # noqa: E402
 
 
-def test_one_point_at_a_time_and_one_shared_run_for_a_single_cluster():
-    runs = cluster_ablation.ablation_runs("14", [1, 2, 8])
+def test_one_point_at_a_time_the_others_at_their_defaults_sharing_the_default_run():
+    runs = cluster_ablation.ablation_runs("24", [1, 4, 32])
     assert runs == {
-        "W16A4-noreorder": ["--abits", "4", "--reorder", ""],
-        "W16A4-R1-k2": ["--abits", "4", "--reorder", "1", "--R1_clusters", "2"],
-        "W16A4-R1-k8": ["--abits", "4", "--reorder", "1", "--R1_clusters", "8"],
-        "W16A4-R4-k2": ["--abits", "4", "--reorder", "4", "--R4_clusters", "2"],
-        "W16A4-R4-k8": ["--abits", "4", "--reorder", "4", "--R4_clusters", "8"],
+        "W16A4-R2-k1": ["--abits", "4", "--R2_clusters", "1"],
+        "W16A4": ["--abits", "4"],  # R2's default 4 and R4's default 32: the same run
+        "W16A4-R2-k32": ["--abits", "4", "--R2_clusters", "32"],
+        "W16A4-R4-k1": ["--abits", "4", "--R4_clusters", "1"],
+        "W16A4-R4-k4": ["--abits", "4", "--R4_clusters", "4"],
     }
 
 
@@ -29,15 +29,15 @@ def record(ppl):
 def test_csv_and_plot_from_fabricated_results(tmp_path):
     points, clusters = "14", [1, 2, 32]
     records = {name: record(10.0 + i) for i, name in enumerate(cluster_ablation.ablation_runs(points, clusters))}
-    records["W16A4-R4-k32"] = None  # not run: no row, no point on the line
+    records["W16A4-R4-k2"] = None  # not run: no row, no point on the line
     csv_path, png_path = cluster_ablation.write_outputs(tmp_path, "opt-125m", records, points, clusters, "c4")
 
     with csv_path.open(newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["point", "clusters", "dataset", "ppl", "windows"]
     assert rows[1:] == [["R1", "1", "c4-proxy", "10.0", "256/256"], ["R1", "2", "c4-proxy", "11.0", "256/256"],
-                        ["R1", "32", "c4-proxy", "12.0", "256/256"], ["R4", "1", "c4-proxy", "10.0", "256/256"],
-                        ["R4", "2", "c4-proxy", "13.0", "256/256"]]
+                        ["R1", "32", "c4-proxy", "12.0", "256/256"], ["R4", "1", "c4-proxy", "13.0", "256/256"],
+                        ["R4", "32", "c4-proxy", "12.0", "256/256"]]
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clusters.csv", "clusters.png"]  # no temporary left
 
