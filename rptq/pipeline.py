@@ -143,25 +143,9 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     t = time.perf_counter()  # (b)
     index_of, input_clusters = {}, {}
     for p in points:
-        k = cfg.point_clusters(p.name)
-        index = torch.zeros(p.channels, dtype=torch.long)
-        if k > 1:
-            perm, sizes = cluster_channels(clustering_features(p, stats), k, p.heads, p.name)
-            index = cluster_index(sizes)  # in the new order
-            if p.folds:
-                apply_reorder(p, perm)
-                for s in p.sites:
-                    mins, maxs = stats[id(s)]
-                    site_perm = per_query_head(perm, p.heads, mins.shape[1])
-                    stats[id(s)] = (mins[:, site_perm], maxs[:, site_perm])
-                for lin in p.consumers:
-                    if id(lin) in gptq:
-                        gptq[id(lin)].permute(per_query_head(perm, p.heads, lin.in_features))
-            else:
-                index = index[torch.argsort(perm)]  # the same clusters, channels left in place
-        index_of[p.name] = index
+        index_of[p.name] = cluster_point(p, cfg.point_clusters(p.name), stats, gptq)
         for lin in p.consumers:
-            input_clusters[id(lin)] = per_query_head_clusters(index, p.heads, lin.in_features)
+            input_clusters[id(lin)] = per_query_head_clusters(index_of[p.name], p.heads, lin.in_features)
     timings["clustering"] += time.perf_counter() - t
 
     for p in points:  # (c)
@@ -187,6 +171,26 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
                 quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
     timings["weight_quantization"] += time.perf_counter() - t
     return {name: int(index.max()) + 1 for name, index in index_of.items()}
+
+
+def cluster_point(point, k, stats, gptq):
+    """Cluster a point's channels into k per head and reorder them (in the weights, the recorded statistics and
+    the GPTQ Hessians of its consumers); returns the cluster id of each channel in its final order."""
+    if k == 1:
+        return torch.zeros(point.channels, dtype=torch.long)
+    perm, sizes = cluster_channels(clustering_features(point, stats), k, point.heads, point.name)
+    index = cluster_index(sizes)  # in the new order
+    if not point.folds:
+        return index[torch.argsort(perm)]  # the same clusters, channels left in place
+    apply_reorder(point, perm)
+    for s in point.sites:
+        mins, maxs = stats[id(s)]
+        site_perm = per_query_head(perm, point.heads, mins.shape[1])
+        stats[id(s)] = (mins[:, site_perm], maxs[:, site_perm])
+    for lin in point.consumers:
+        if id(lin) in gptq:
+            gptq[id(lin)].permute(per_query_head(perm, point.heads, lin.in_features))
+    return index
 
 
 def clustering_features(point, stats):
