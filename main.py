@@ -194,10 +194,11 @@ def ppl_sets(args):
     return [s for s in args.ppl_datasets.split(",") if s]
 
 
-def pick_device(args):
+def pick_device(device=None, dtype=None):
+    """(device, torch dtype) from the --device and --dtype values, refused with one line if unusable."""
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         parsed = torch.device(device)
     except RuntimeError:
@@ -207,8 +208,14 @@ def pick_device(args):
             raise UsageError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
         if (parsed.index or 0) >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    dtype = args.dtype or ("float16" if parsed.type == "cuda" else "float32")
+    dtype = dtype or ("float16" if parsed.type == "cuda" else "float32")
     return device, getattr(torch, dtype)
+
+
+def check_positions(model, name, seqlen):
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and seqlen > max_positions:
+        raise UsageError(f"--seqlen {seqlen} is longer than {name}'s {max_positions} positions")
 
 
 def output_file(args, label, settings):
@@ -223,7 +230,7 @@ def output_file(args, label, settings):
 
 def run(args, given=frozenset()):
     check_args(args, given)
-    device, dtype = pick_device(args)
+    device, dtype = pick_device(args.device, args.dtype)
     data_dir = datautils.resolve_data_dir(args.data_dir)
     run_rptq = runs_rptq(args)
     datautils.check_sources(ppl_sets(args) if args.eval_ppl else (), args.calib_dataset if run_rptq else None,
@@ -235,8 +242,8 @@ def run(args, given=frozenset()):
     from rptq.results import format_table, versions, write_json_atomic
     from rptq.tasks import plan_tasks
 
-    if args.tasks:
-        plan_tasks(task_names(args), data_dir)  # unknown names and unreadable task files fail before the model loads
+    # unknown task names and unreadable task files fail before the model loads
+    task_plan = plan_tasks(task_names(args), data_dir) if args.tasks else None
 
     cfg = RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=reorder_points(args),
                      clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
@@ -249,9 +256,7 @@ def run(args, given=frozenset()):
 
     t0 = time.perf_counter()
     model, tokenizer, adapter = load_model(args.model, dtype)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions is not None and args.seqlen > max_positions:
-        raise UsageError(f"--seqlen {args.seqlen} is longer than {args.model}'s {max_positions} positions")
+    check_positions(model, args.model, args.seqlen)
     if run_rptq:
         check_clusters(model, adapter, cfg)
     settings = {**vars(args), "device": device, "dtype": dtype_name}
@@ -290,8 +295,7 @@ def run(args, given=frozenset()):
                          f"{res['seconds_per_window']:.2f}"])
     task_rows = []
     if args.tasks:
-        zs = zero_shot(model, tokenizer, task_names(args), args.num_fewshot, args.limit, args.batch_size, device,
-                       data_dir)
+        zs = zero_shot(model, tokenizer, task_plan, args.num_fewshot, args.limit, args.batch_size, device)
         record["zero_shot"] = zs
         record["timings_s"]["zero_shot"] = zs["seconds"]
         for task in zs["results"].values():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rptq.tasks import TaskError, plan_tasks
+from rptq.tasks import TaskError
 
 METRICS = ("acc", "acc_norm", "perplexity")
 
@@ -70,13 +70,14 @@ def _metrics(harness_metrics):
     return out
 
 
-def zero_shot(model, tokenizer, tasks, num_fewshot=0, limit=None, batch_size=1, device="cpu", data_dir=None):
+def zero_shot(model, tokenizer, plan, num_fewshot=0, limit=None, batch_size=1, device="cpu"):
     """Metrics (accuracies 0-1) per task from lm-evaluation-harness on the model in memory, with the harness version
-    and batch size. Tasks with local files in data_dir run from them (rptq.tasks), the others from the hub."""
+    and batch size. plan: rptq.tasks.plan_tasks(names, data_dir), made before the model loads (tasks with local
+    files run from them, the others from the hub)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    planned, manager = plan_tasks(tasks, data_dir)
+    planned, manager = plan
     start = time.perf_counter()
     with _quiet_harness():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
@@ -85,7 +86,7 @@ def zero_shot(model, tokenizer, tasks, num_fewshot=0, limit=None, batch_size=1, 
                                           num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device,
                                           log_samples=False)
         except Exception as e:  # the harness raises many kinds; the user needs one line
-            raise TaskError(f"lm-evaluation-harness failed on {','.join(tasks)}: {type(e).__name__}: "
+            raise TaskError(f"lm-evaluation-harness failed on {','.join(p.name for p in planned)}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
     asked = {p.harness_name: p for p in planned}
     results = {}

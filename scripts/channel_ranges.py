@@ -18,14 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datautils  # noqa: E402
-from main import OneLineParser  # noqa: E402
+from main import OneLineParser, UsageError, check_positions, pick_device  # noqa: E402
 from models import MODEL_NAMES  # noqa: E402
 
 PROG = "channel_ranges.py"
-
-
-class UsageError(Exception):
-    pass
 
 
 @dataclass
@@ -92,9 +88,7 @@ def choose_points(args, model, adapter):
     layers = adapter.layers(model)
     if args.layer >= len(layers):
         raise UsageError(f"--layer {args.layer} is out of range: {args.model} has layers 0..{len(layers) - 1}")
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions is not None and args.seqlen > max_positions:
-        raise UsageError(f"--seqlen {args.seqlen} is longer than {args.model}'s {max_positions} positions")
+    check_positions(model, args.model, args.seqlen)
     declared = {p.name: p for p in adapter.reorder_points(layers[args.layer])}
     unknown = [n for n in point_names(args) if n not in declared]
     if unknown:
@@ -209,7 +203,7 @@ def write_csv(panels, path):
 
 def run(args):
     check_args(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, _ = pick_device(args.device)  # the float model stays float32: it is only observed
     data_dir = datautils.resolve_data_dir(args.data_dir)
     datautils.check_sources(calib_set=args.calib_dataset, data_dir=data_dir)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datautils  # noqa: E402
-from main import OneLineParser, UsageError, pick_device  # noqa: E402
+from main import OneLineParser, UsageError, check_positions, pick_device  # noqa: E402
 from models import MODEL_NAMES, ModelError  # noqa: E402
 
 PROG = "prob_grid.py"
@@ -48,7 +48,7 @@ def run(args):
     bits = bit_list(args.bits)
     if args.limit < 1 or args.seqlen < 1:
         raise UsageError("--limit and --seqlen must be at least 1")
-    device, dtype = pick_device(args)
+    device, dtype = pick_device(args.device, args.dtype)
     data_dir = datautils.resolve_data_dir(args.data_dir)
     datautils.check_sources([args.dataset], None, data_dir)
 
@@ -59,6 +59,7 @@ def run(args):
     from rptq.results import format_table, versions, write_json_atomic
 
     model, tokenizer, adapter = load_model(args.model, dtype)
+    check_positions(model, args.model, args.seqlen)
     model.to(device)
     windows = datautils.get_eval_windows(args.dataset, tokenizer, args.seqlen, data_dir, args.cache_dir)
     label = datautils.eval_label(args.dataset, data_dir)

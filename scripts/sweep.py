@@ -170,7 +170,7 @@ def plan_runs(model, runs, eval_flags, extra, out_dir):
         args, given = parse_main_args(argv)
         try:
             main.check_args(args, given)
-            device, dtype = main.pick_device(args)
+            device, dtype = main.pick_device(args.device, args.dtype)
         except main.UsageError as e:
             raise SweepError(f"{name}: {e}") from None
         # what main.py records as its settings, so that a resumed sweep compares like with like

@@ -12,7 +12,7 @@ from conftest import ROOT, data_folder, tiny_opt
 
 import rptq.tasks
 from rptq.evaluate import perplexity, zero_shot
-from rptq.tasks import LOCAL_TASKS, local_tasks
+from rptq.tasks import LOCAL_TASKS, local_tasks, plan_tasks
 
 DATA = data_folder()
 
@@ -61,7 +61,7 @@ def test_harness_runs_every_local_task_offline_on_a_tiny_model(smol_tokenizer, n
     import lm_eval
 
     model = tiny_opt(vocab_size=len(smol_tokenizer), layers=1)
-    res = zero_shot(model, smol_tokenizer, list(LOCAL_TASKS), limit=2, batch_size=2, data_dir=DATA)
+    res = zero_shot(model, smol_tokenizer, plan_tasks(list(LOCAL_TASKS), DATA), limit=2, batch_size=2)
     assert no_network == []
     assert (res["harness_version"], res["batch_size"], res["num_fewshot"], res["limit"]) == (lm_eval.__version__, 2,
                                                                                             0, 2)
@@ -111,8 +111,8 @@ def test_stock_and_local_tasks_score_the_same_documents_alike(smol_tokenizer, mo
     monkeypatch.setattr(rptq.tasks, "_task_manager", lambda folder=None: index)  # the full index takes seconds
 
     model = tiny_opt(vocab_size=len(smol_tokenizer), layers=1)
-    local = zero_shot(model, smol_tokenizer, ["lambada_openai", "piqa"], limit=6, data_dir=DATA)["results"]
-    stock = zero_shot(model, smol_tokenizer, ["lambada_openai", "piqa"], limit=6)["results"]
+    local = zero_shot(model, smol_tokenizer, plan_tasks(["lambada_openai", "piqa"], DATA), limit=6)["results"]
+    stock = zero_shot(model, smol_tokenizer, plan_tasks(["lambada_openai", "piqa"], None), limit=6)["results"]
     assert stock["piqa"]["source"] == {"kind": "stock", "dataset": "baber/piqa", "dataset_name": None,
                                        "split": "validation"}
     assert stock["piqa"]["label"] == "piqa" and local["piqa"]["source"]["kind"] == "local"

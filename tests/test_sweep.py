@@ -19,7 +19,7 @@ def fake_main(calls):
     def runner(argv):
         calls.append(argv)
         args = main.build_parser().parse_args(argv)
-        device, dtype = main.pick_device(args)
+        device, dtype = main.pick_device(args.device, args.dtype)
         record = {"model": args.model, "status": "complete", "quantization": None,
                   "settings": {**vars(args), "device": device, "dtype": str(dtype).split(".")[-1]},
                   "ppl": {"wikitext2": {"ppl": 20.0, "windows": 2, "windows_total": 141}}}
