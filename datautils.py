@@ -11,12 +11,12 @@ import json
 import os
 import pathlib
 import random
-import socket
-import tempfile
-import urllib.parse
 from dataclasses import dataclass
 
 import torch
+
+from models.hub import hub_offline, hub_reachable
+from rptq.files import atomic_write
 
 EVAL_SETS = ("wikitext2", "ptb", "c4")
 CALIB_SETS = ("mix", "wikitext2", "ptb", "c4")
@@ -40,6 +40,25 @@ class DataError(Exception):
     """One clear line: what is wrong and what to do."""
 
 
+def _document(line, column, path, lineno):
+    """One JSON-lines document's text, or one line saying which line of which file is broken."""
+    try:
+        text = json.loads(line)[column]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        text = None
+    if not isinstance(text, str):
+        raise DataError(f"{path} line {lineno} is not a JSON object with a '{column}' text: {_LAYOUT_HINT}")
+    return text
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _wikitext_rows(lines):
     # The Hugging Face wikitext builder yields blank lines as "" and keeps the newline on the others.
     return [line if line.strip() else "" for line in lines]
@@ -61,26 +80,32 @@ class _Source:
     docs: tuple[int, int] | None = None  # C4 document range in the local file
     hub_docs: tuple[int, int] | None = None  # C4 document range in the hub shard
 
-    def local_id(self, root: pathlib.Path) -> str:
+    def path(self, root: pathlib.Path) -> pathlib.Path:
         path = root / self.local
         if not path.is_file():
             raise DataError(f"missing {self.local} in {root}: {_LAYOUT_HINT}")
-        st = path.stat()
-        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|docs={self.docs}"
+        return path
+
+    def local_id(self, root: pathlib.Path) -> str:
+        """The file's content, not its name, size or time: an edited file never serves stale windows."""
+        return f"{self.local}|sha256={file_sha256(self.path(root))}|docs={self.docs}"
 
     def hub_id(self) -> str:
         return f"hub|{self.hub_path}|{self.hub_name}|{self.hub_split}|{self.column}|docs={self.hub_docs}"
 
     def local_rows(self, root: pathlib.Path) -> list[str]:
-        path = root / self.local
-        with open(path, encoding="utf-8") as f:
-            if self.line_rows is not None:
-                return self.line_rows(f)
-            lines = f.readlines()
+        path = self.path(root)
+        try:
+            with open(path, encoding="utf-8") as f:
+                if self.line_rows is not None:
+                    return self.line_rows(f)
+                lines = f.readlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not UTF-8 text (byte {e.start}): restore it from {_LAYOUT_HINT}") from None
         start, stop = self.docs
         if len(lines) < stop:
             raise DataError(f"{path} holds {len(lines)} documents, {stop} needed: {_LAYOUT_HINT}")
-        return [json.loads(line)[self.column] for line in lines[start:stop]]
+        return [_document(line, self.column, path, i + 1) for i, line in enumerate(lines[start:stop], start)]
 
     def hub_rows(self) -> list[str]:
         what = f"{self.hub_path} ({self.hub_split})"
@@ -119,43 +144,6 @@ _SOURCES = {
 }
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path, write, binary=False):
-    """write(file) into a temporary file beside path, then rename it: readers never see half a file and an
-    interrupted run leaves the previous version intact."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; results are files like any other
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def hub_offline() -> bool:
-    """The user asked Hugging Face libraries to use their local cache only."""
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def hub_reachable(timeout=3.0) -> bool:
-    """Whether the hub answers; Hugging Face clients retry for a long time when the network is down."""
-    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
     """The data folder: the argument, else env RPTQ_DATA_DIR, else None (use the Hugging Face hub)."""
     chosen = data_dir if data_dir not in (None, "") else os.environ.get("RPTQ_DATA_DIR") or None
@@ -180,19 +168,39 @@ def load_text(name: str, purpose: str, data_dir=None) -> str:
     _check_name(name, EVAL_SETS)
     _check_name(purpose, ("eval", "calib"), "purpose")
     root = resolve_data_dir(data_dir)
-    source = _SOURCES[(name, purpose)]
-    _source_id(source, root)  # raises the missing-file error before any reading
-    return _text(source, root)
+    return _text(_SOURCES[(name, purpose)], root)
+
+
+def _needed(eval_sets, calib_set):
+    calib_parts = () if calib_set is None else (EVAL_SETS if calib_set == "mix" else (calib_set,))
+    return [(n, "eval") for n in eval_sets] + [(n, "calib") for n in calib_parts]
 
 
 def check_sources(eval_sets=(), calib_set=None, data_dir=None):
-    """Raise DataError now for any local file a run will need, rather than after a long quantization."""
+    """Raise DataError now for any local file a run will need that is missing or does not decode, rather than
+    after a long quantization."""
     root = resolve_data_dir(data_dir)
     if root is None:
         return
-    calib_parts = () if calib_set is None else (EVAL_SETS if calib_set == "mix" else (calib_set,))
-    for key in [(n, "eval") for n in eval_sets] + [(n, "calib") for n in calib_parts]:
-        _source_id(_SOURCES[key], root)
+    for key in _needed(eval_sets, calib_set):
+        _SOURCES[key].local_rows(root)
+
+
+def describe_sources(eval_sets=(), calib_set=None, data_dir=None) -> list[dict]:
+    """Which data a run uses, for its record: each local file by its path inside the data folder and its sha256
+    (no machine path), or the hub data set."""
+    root = resolve_data_dir(data_dir)
+    out = []
+    for name, purpose in _needed(eval_sets, calib_set):
+        source = _SOURCES[(name, purpose)]
+        if root is None:
+            entry = {"hub": " ".join(filter(None, (source.hub_path, source.hub_name, source.hub_split))),
+                     "documents": source.hub_docs and list(source.hub_docs)}
+        else:
+            entry = {"file": source.local, "sha256": file_sha256(source.path(root)),
+                     "documents": source.docs and list(source.docs)}
+        out.append({"set": name, "purpose": purpose, **{k: v for k, v in entry.items() if v is not None}})
+    return out
 
 
 def get_eval_windows(name, tokenizer, seqlen=2048, data_dir=None, cache_dir=None) -> torch.Tensor:
@@ -320,6 +328,19 @@ def _cache_folder(cache_dir) -> pathlib.Path | None:
     return pathlib.Path(cache_dir).expanduser()
 
 
+def _load_cached(path: pathlib.Path, key: dict):
+    """The windows in a cache file, or None when it is unreadable or not what the key describes (then rebuilt)."""
+    try:
+        windows = torch.load(path, weights_only=True)
+    except Exception:  # truncated or corrupt files raise many kinds; any of them means "rebuild"
+        return None
+    rows = key.get("nsamples")
+    if (not isinstance(windows, torch.Tensor) or windows.dtype != torch.long or windows.dim() != 2
+            or windows.shape[1] != key["seqlen"] or windows.shape[0] < 1 or (rows and windows.shape[0] != rows)):
+        return None
+    return windows
+
+
 def _cached(key: dict, tokenizer, cache_dir, build) -> torch.Tensor:
     folder = _cache_folder(cache_dir)
     if folder is None:
@@ -327,8 +348,8 @@ def _cached(key: dict, tokenizer, cache_dir, build) -> torch.Tensor:
     key = {**key, "format": _CACHE_FORMAT, "tokenizer": _tokenizer_id(tokenizer)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:24]
     path = folder / f"{key['purpose']}-{key['set']}-{key['seqlen']}-{digest}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    windows = build()
-    atomic_write(path, lambda f: torch.save(windows, f), binary=True)
+    windows = _load_cached(path, key) if path.is_file() else None
+    if windows is None:
+        windows = build()
+        atomic_write(path, lambda f: torch.save(windows, f), binary=True)
     return windows

@@ -7,14 +7,11 @@ row and per input cluster, 32 equal clusters: the timing does not depend on the 
     python bench/gptq.py [--nsamples 16] [--device cpu]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quantize import GPTQ, cluster_index, column_groups  # noqa: E402
+from quantize import GPTQ, cluster_index, column_groups
 
 
 def main():

@@ -8,15 +8,13 @@ RPTQ pipeline; both models run the same 2048 tokens in the same process, alterna
 """
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.opt import OPTAdapter  # noqa: E402
-from rptq.pipeline import RPTQConfig, quantize_model  # noqa: E402
+from models.opt import OPTAdapter
+from rptq.config import RPTQConfig
+from rptq.pipeline import quantize_model
 
 
 def best_forward_seconds(model, ids, repeats):

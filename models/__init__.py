@@ -1,6 +1,14 @@
-"""One adapter per model family (where R1..R5 sit) and model loading."""
-from .adapter import ActSite, DecoderAdapter, ModelError, ReorderPoint
-from .loader import MODEL_NAMES, adapter_for, load_model, load_tokenizer, weights_source
+"""One adapter per model family (where R1..R5 sit) and model loading.
 
-__all__ = ["ActSite", "DecoderAdapter", "ReorderPoint", "MODEL_NAMES", "ModelError", "adapter_for",
-           "load_model", "load_tokenizer", "weights_source"]
+Every module in this package is imported here, so a family adapter in a new file registers itself."""
+import importlib
+import pkgutil
+
+from .adapter import FAMILIES, ActSite, DecoderAdapter, ModelError, ReorderPoint
+from .loader import adapter_for, load_model, load_tokenizer, model_names, weights_source
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["FAMILIES", "ActSite", "DecoderAdapter", "ReorderPoint", "ModelError", "adapter_for",
+           "load_model", "load_tokenizer", "model_names", "weights_source"]

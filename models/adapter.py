@@ -66,11 +66,20 @@ class ReorderPoint:
         return self.norm is not None or bool(self.producers) or bool(self.consumers)
 
 
+FAMILIES: dict[str, "DecoderAdapter"] = {}  # family name -> adapter, filled as the family modules are imported
+
+
 class DecoderAdapter:
-    """Family-specific knowledge; the RPTQ pipeline only talks to these methods."""
+    """Family-specific knowledge; the RPTQ pipeline only talks to these methods. A subclass that names its
+    family registers itself: a new family is one new module in models/."""
     family = ""
     model_types: tuple[str, ...] = ()
-    hub_names: dict[str, str] = {}
+    hub_names: dict[str, str] = {}  # short name on the command line -> hub repository
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.family:
+            FAMILIES[cls.family] = cls()
 
     def layers(self, model) -> nn.ModuleList:
         raise NotImplementedError

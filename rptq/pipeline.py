@@ -8,7 +8,6 @@ inputs (the outputs of the layers before it, already quantized):
 Only the current layer sits on the device."""
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -17,65 +16,9 @@ from quantize import GPTQ, ActQuantizer, ProbQuantizer, cluster_index, column_gr
 from quantize.attention import ATTENTION_TENSORS, ATTN_IMPLEMENTATION
 
 from .cluster import check_cluster_count, cluster_channels
+from .config import FLOAT_BITS, RPTQConfig
 from .reorder import apply_reorder, per_query_head, per_query_head_clusters
 from .stats import SiteObserver, channel_ranges, cluster_ranges
-
-POINTS = ("R1", "R2", "R3", "R4", "R5")
-DEFAULT_CLUSTERS = {"R1": 32, "R2": 4, "R3": 4, "R4": 32, "R5": 32}
-FLOAT_BITS = 16
-PROB_BITS_REFERENCE = 8
-NORM_BITS_REFERENCE = 8
-
-
-@dataclass
-class RPTQConfig:
-    wbits: int = 4
-    abits: int = 4
-    clusters: dict = field(default_factory=lambda: dict(DEFAULT_CLUSTERS))
-    reorder: str = "12345"            # which of R1..R5 are clustered; the others get one cluster
-    metric: str = "ema_minmax"
-    w_quantizer: str = "gptq"         # or "normal": round-to-nearest
-    w_granularity: str = "cluster"    # weight scale groups: input clusters, "channel" (per row) or "group"
-    groupsize: int = 128              # columns per group with w_granularity="group"
-    act_order: bool = False           # GPTQ: columns by decreasing Hessian diagonal
-    percdamp: float = 0.01
-    only_quant_kv: bool = False       # quantize weights and K/V only (the W4A4KV rows)
-    a_dynamic: bool = False
-    grid: str = "paper"               # or "full": the 2^k - 1 grid
-    bit_mode: str = "reference"       # or "strict": norm outputs and probabilities at abits too
-    device: str = "cpu"
-
-    @property
-    def label(self):
-        return f"W{self.wbits}A{self.abits}" + ("KV" if self.only_quant_kv else "")
-
-    def site_bits(self, kind):
-        """Bits of an activation site of this kind, None when it stays in floating point (section 6)."""
-        if self.abits >= FLOAT_BITS or (self.only_quant_kv and kind != "kv"):
-            return None
-        if kind == "norm" and self.bit_mode == "reference":
-            return max(NORM_BITS_REFERENCE, self.abits)
-        return self.abits
-
-    @property
-    def prob_bits(self):
-        if self.abits >= FLOAT_BITS or self.only_quant_kv:
-            return None
-        return PROB_BITS_REFERENCE if self.bit_mode == "reference" else self.abits
-
-    def point_clusters(self, name):
-        return self.clusters[name] if name[1] in self.reorder else 1
-
-    def describe(self):
-        """Every quantizer setting that produced a number, for its label."""
-        return {"label": self.label, "wbits": self.wbits, "abits": self.abits, "w_quantizer": self.w_quantizer,
-                "w_granularity": self.w_granularity,
-                "groupsize": self.groupsize if self.w_granularity == "group" else None,
-                "act_order": self.act_order, "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid,
-                "bit_mode": self.bit_mode,
-                "a_dynamic": self.a_dynamic, "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
-                "clusters": {p: self.point_clusters(p) for p in POINTS},
-                "norm_bits": self.site_bits("norm"), "prob_bits": self.prob_bits}
 
 
 class _Captured(Exception):

@@ -7,7 +7,8 @@ import torch
 
 from quantize import reduce_channels
 
-METRICS = ("minmax", "ema_minmax")
+from .config import METRICS
+
 EMA_DECAY = 0.99
 
 

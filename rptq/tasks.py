@@ -97,6 +97,21 @@ def local_tasks(names, data_dir) -> dict[str, LocalTask]:
             if name in LOCAL_TASKS and all((pathlib.Path(data_dir) / f).is_file() for f in LOCAL_TASKS[name].files)}
 
 
+def describe_task_data(names, data_dir) -> list[dict]:
+    """Each task's data for a run record: local files by path inside the data folder and sha256, or the hub."""
+    from datautils import file_sha256
+
+    local = local_tasks(names, data_dir)
+    out = []
+    for name in names:
+        if name in local:
+            out += [{"task": name, "file": f, "sha256": file_sha256(pathlib.Path(data_dir) / f)}
+                    for f in local[name].files]
+        else:
+            out.append({"task": name, "hub": "stock task"})
+    return out
+
+
 def _stock_tasks_root() -> pathlib.Path:
     import lm_eval.tasks
 
@@ -153,15 +168,19 @@ def local_config(name, data_dir) -> tuple[dict, dict]:
                   custom_dataset=functools.partial(_dataset, task.split, docs), training_split=None,
                   validation_split=None, test_split=None, fewshot_split=None, fewshot_config=None)
     config[f"{task.split}_split"] = task.split
-    source = {"kind": "local", "files": [str(p) for p in paths], "split": task.split, "note": task.variant,
+    source = {"kind": "local", "files": list(task.files), "split": task.split, "note": task.variant,
               "stock_config": str(entry.yaml_path.relative_to(_stock_tasks_root()))}
     return config, source
 
 
-def plan_tasks(names, data_dir) -> tuple[list[PlannedTask], object]:
+def plan_tasks(names, data_dir, num_fewshot=0) -> tuple[list[PlannedTask], object]:
     """What the harness runs for each name, and the task manager that resolves them. Raises TaskError for an unknown
-    name or an unreadable local file, so calling it early fails before any model work."""
+    name, an unreadable local file, few-shot examples a local file cannot give, or stock tasks whose data cannot be
+    reached, so calling it early fails before any model work."""
     local = local_tasks(names, data_dir)
+    if local and num_fewshot:
+        raise TaskError(f"--num_fewshot {num_fewshot}: the local files of {', '.join(local)} hold only the evaluated "
+                        "split, not the training split the stock tasks draw examples from; use 0")
     planned = []
     for name in names:
         if name in local:
@@ -170,8 +189,23 @@ def plan_tasks(names, data_dir) -> tuple[list[PlannedTask], object]:
         else:
             stock_entry(name)
             planned.append(PlannedTask(name, name, name, None))
-    if len(local) < len(names):
+    stock = [name for name in names if name not in local]
+    if stock:
+        _check_hub(stock, data_dir)
         return planned, _task_manager()
     from lm_eval.tasks import TaskManager
 
     return planned, TaskManager(include_defaults=False)  # local configs come whole: no index needed
+
+
+def _check_hub(stock, data_dir):
+    """Stock tasks download their data: refuse now when neither the hub nor its offline cache can serve it."""
+    from models.hub import hub_offline, hub_reachable
+
+    if hub_offline() or hub_reachable():
+        return
+    where = (f"{data_dir} has no files for {'them' if len(stock) > 1 else 'it'}" if data_dir
+             else "no data folder is given")
+    raise TaskError(f"--tasks {','.join(stock)}: the Hugging Face hub cannot be reached and {where}; "
+                    f"{', '.join(LOCAL_TASKS)} run offline from --data_dir (or RPTQ_DATA_DIR) laid out like "
+                    "shared/offline-data; HF_DATASETS_OFFLINE=1 uses the datasets cache instead")

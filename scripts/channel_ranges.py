@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import datautils  # noqa: E402
-from main import OneLineParser, UsageError, check_positions, pick_device  # noqa: E402
-from models import MODEL_NAMES  # noqa: E402
+import datautils
+from models import model_names
+from rptq.cli import OneLineParser, UsageError, check_positions, guarded, pick_device
+from rptq.files import atomic_write
 
 PROG = "channel_ranges.py"
 
@@ -47,7 +47,7 @@ class SitePanel:
 def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help=f"one of {', '.join(MODEL_NAMES)}, or a local model folder")
+    p.add_argument("model", help=f"one of {', '.join(model_names())}, or a local model folder")
     p.add_argument("--layer", type=int, default=3, help="decoder layer, counted from 0")
     p.add_argument("--points", default="R1,R4", help="comma list of reorder points")
     p.add_argument("--clusters", type=int, default=None,
@@ -83,7 +83,7 @@ def point_names(args):
 
 def choose_points(args, model, adapter):
     """The chosen layer's ReorderPoints and their cluster counts, refused with one line before any data runs."""
-    from rptq.pipeline import DEFAULT_CLUSTERS
+    from rptq.config import DEFAULT_CLUSTERS
 
     layers = adapter.layers(model)
     if args.layer >= len(layers):
@@ -184,7 +184,7 @@ def plot(panels, title, path):
             ax.set_xlim(-0.5, channels - 0.5)
             ax.set_ylabel("activation")
     fig.suptitle(f"{title}\nright: coloured by cluster, thin lines between clusters, thick lines between heads")
-    datautils.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
     plt.close(fig)
 
 
@@ -198,7 +198,7 @@ def write_csv(panels, path):
                 j = int(position[c])
                 out.writerow([panel.point, panel.site, c, j, int(panel.cluster_at[j]), float(panel.mins[c]),
                               float(panel.maxs[c])])
-    datautils.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def run(args):
@@ -231,14 +231,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from models import ModelError
-    from rptq.cluster import ClusterError
-
-    try:
-        return run(args)
-    except (UsageError, ModelError, datautils.DataError, ClusterError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return guarded(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

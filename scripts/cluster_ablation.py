@@ -13,11 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep  # noqa: E402  (it puts the repository root on sys.path)
-
-import datautils  # noqa: E402
-from rptq.pipeline import DEFAULT_CLUSTERS  # noqa: E402
+import datautils
+from rptq.cli import OneLineParser, guarded
+from rptq.config import DEFAULT_CLUSTERS
+from rptq.files import atomic_write, write_text
+from rptq.report import csv_text, dataset_base, model_name, summarize
+from rptq.sweep import SETTINGS, SweepError, split_extra, sweep
 
 CLUSTERS = (1, 2, 4, 8, 32)
 POINTS = "12345"
@@ -31,7 +32,7 @@ def run_name(point, clusters):
 
 def ablation_runs(points, clusters):
     """{run name: main.py flags}: each point at each cluster count, the others at their defaults."""
-    return {run_name(p, k): [*sweep.SETTINGS[BASE]] + ([] if run_name(p, k) == BASE else [f"--R{p}_clusters", str(k)])
+    return {run_name(p, k): [*SETTINGS[BASE]] + ([] if run_name(p, k) == BASE else [f"--R{p}_clusters", str(k)])
             for p in points for k in clusters}
 
 
@@ -41,7 +42,7 @@ def ablation_rows(records, points, clusters, dataset):
     for p in points:
         for k in clusters:
             ppl = (records.get(run_name(p, k)) or {}).get("ppl", {})
-            label = next((label for label in ppl if sweep.dataset_base(label) == dataset), None)
+            label = next((label for label in ppl if dataset_base(label) == dataset), None)
             if label is not None:
                 res = ppl[label]
                 rows.append((f"R{p}", k, label, res["ppl"], f"{res['windows']}/{res['windows_total']}"))
@@ -52,11 +53,11 @@ def plot_title(model, records, rows):
     """Model, setting, data and limits, from the JSONs: the plot says what produced it."""
     done = {n: r for n, r in records.items() if r}
     settings = {n: r["settings"] for n, r in done.items()}
-    label = sweep.summarize((n, r.get("label")) for n, r in done.items())
-    data = sweep.summarize((f"R{p}", f"{name} {windows} windows") for p, _, name, _, windows in rows)
-    limits = ", ".join(f"{key} {sweep.summarize((n, s.get(key)) for n, s in settings.items())}"
+    label = summarize((n, r.get("label")) for n, r in done.items())
+    data = summarize((f"R{p}", f"{name} {windows} windows") for p, _, name, _, windows in rows)
+    limits = ", ".join(f"{key} {summarize((n, s.get(key)) for n, s in settings.items())}"
                        for key in ("seqlen", "nsamples", "calib_dataset", "limit", "dtype"))
-    return f"{sweep.model_name(model)} {label}: perplexity vs clusters at one reorder point\n{data}; {limits}"
+    return f"{model_name(model)} {label}: perplexity vs clusters at one reorder point\n{data}; {limits}"
 
 
 def write_outputs(out_dir, model, records, points, clusters, dataset):
@@ -66,7 +67,7 @@ def write_outputs(out_dir, model, records, points, clusters, dataset):
 
     rows = ablation_rows(records, points, clusters, dataset)
     csv_path, png_path = out_dir / "clusters.csv", out_dir / "clusters.png"
-    sweep.write_text(csv_path, sweep.csv_text([CSV_HEADER, *rows]))
+    write_text(csv_path, csv_text([CSV_HEADER, *rows]))
 
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
@@ -84,7 +85,7 @@ def write_outputs(out_dir, model, records, points, clusters, dataset):
         ax.legend(title="reorder point")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    datautils.atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
     return csv_path, png_path
 
 
@@ -94,18 +95,18 @@ def cluster_list(text):
     except ValueError:
         clusters = []
     if not clusters or clusters[0] < 1:
-        raise sweep.SweepError(f"--clusters takes a comma list of counts >= 1 such as 1,2,4, got '{text}'")
+        raise SweepError(f"--clusters takes a comma list of counts >= 1 such as 1,2,4, got '{text}'")
     return clusters
 
 
 def point_list(text):
     if not text or any(p not in POINTS for p in text) or len(set(text)) < len(text):
-        raise sweep.SweepError(f"--points takes distinct digits 1-5 such as 12345 or 14, got '{text}'")
+        raise SweepError(f"--points takes distinct digits 1-5 such as 12345 or 14, got '{text}'")
     return text
 
 
 def build_parser():
-    p = sweep.OneLineParser(prog="cluster_ablation.py", description=__doc__, allow_abbrev=False,
+    p = OneLineParser(prog="cluster_ablation.py", description=__doc__, allow_abbrev=False,
                             usage="%(prog)s MODEL [options] [-- main.py flags]",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="as main.py takes it: a name or a local model folder")
@@ -115,20 +116,19 @@ def build_parser():
     p.add_argument("--dataset", choices=datautils.EVAL_SETS, default="wikitext2",
                    help="perplexity set (default: %(default)s)")
     p.add_argument("--out", default=None,
-                   help="result folder (default: out/cluster_ablation/MODELNAME/DATASET in the repository)")
+                   help="result folder (default: out/cluster_ablation/MODELNAME/DATASET)")
     p.add_argument("--render-only", action="store_true", help="only write the CSV and plot from the JSONs in DIR")
     return p
 
 
-def main(argv=None, runner=sweep.run_main):
-    own, extra = sweep.split_extra(sys.argv[1:] if argv is None else argv)
+def main(argv=None, runner=None):
+    own, extra = split_extra(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own)
 
     def body():
         clusters, points = cluster_list(args.clusters), point_list(args.points)
-        out_dir = (Path(args.out).absolute() if args.out
-                   else sweep.ROOT / "out" / "cluster_ablation" / sweep.model_name(args.model) / args.dataset)
-        rc, records = sweep.sweep(args.model, ablation_runs(points, clusters),
+        out_dir = Path(args.out or Path("out") / "cluster_ablation" / model_name(args.model) / args.dataset)
+        rc, records = sweep(args.model, ablation_runs(points, clusters),
                                   ["--eval_ppl", "--ppl_datasets", args.dataset], extra, out_dir, args.render_only,
                                   runner)
         if rc:
@@ -137,7 +137,7 @@ def main(argv=None, runner=sweep.run_main):
         print(f"\n{csv_path.read_text()}\ncsv: {csv_path}\nplot: {png_path}")
         return 0
 
-    return sweep.guarded("cluster_ablation.py", body)
+    return guarded("cluster_ablation.py", body, "finished runs are kept in their JSON files")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,10 @@ tokenizer, so the full pipeline can be run and timed here where no OPT checkpoin
 Perplexities of such a model mean nothing; its timings do.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import load_tokenizer  # noqa: E402
+from models import load_tokenizer
 
 
 def main():

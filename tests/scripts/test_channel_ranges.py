@@ -1,18 +1,13 @@
 """scripts/channel_ranges.py (Figure 1) on the tiny random OPT, run in-process: a subprocess per case would spend
 most of the time budget importing torch again."""
 import csv
-import importlib.util
 from collections import defaultdict
 
 import pytest
 import torch
-from conftest import ROOT
 
 from rptq.cluster import cluster_channels
-
-spec = importlib.util.spec_from_file_location("channel_ranges", ROOT / "scripts" / "channel_ranges.py")
-channel_ranges = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(channel_ranges)
+from scripts import channel_ranges
 
 TINY_HEAD_CHANNELS = 16  # tiny_opt and tiny_llama: 64 channels in 4 heads (tiny_llama: 2 K/V heads)
 

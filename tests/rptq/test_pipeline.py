@@ -1,32 +1,10 @@
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cached_and_full_logits, tiny_opt
 
-from models.opt import OPTAdapter
 from rptq.cluster import ClusterError
-from rptq.pipeline import RPTQConfig, quantize_model
-
-SMALL_CLUSTERS = {"R1": 4, "R2": 2, "R3": 2, "R4": 4, "R5": 8}
-
-
-@pytest.fixture(scope="module")
-def model_and_data():
-    model = tiny_opt()
-    gen = torch.Generator().manual_seed(0)
-    calib = torch.randint(0, 512, (6, 128), generator=gen)
-    test = torch.randint(0, 512, (2, 128), generator=gen)
-    return model, calib, test
-
-
-def _quantized(model, calib, **kw):
-    q = copy.deepcopy(model)
-    cfg = RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw})
-    report = quantize_model(q, OPTAdapter(), calib, cfg, progress=False)
-    return q, report
 
 
 def _ppl(model, ids):
@@ -35,32 +13,17 @@ def _ppl(model, ids):
     return math.exp(F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item())
 
 
-def test_full_reorder_with_quantizers_off_is_exact(model_and_data):
-    model, calib, test = model_and_data
-    q, report = _quantized(model, calib, wbits=16, abits=16, reorder="12345")
-    layer = q.model.decoder.layers[0]
-    perm = layer.self_attn_layer_norm.rptq_perm
-    assert not torch.equal(perm, torch.arange(len(perm)))  # something really was reordered
-    assert not torch.equal(layer.fc1.weight, model.model.decoder.layers[0].fc1.weight)
-    assert not any("quant" in name for name, _ in q.named_modules())  # and nothing quantized
-    assert report["clusters_per_layer"][0] == {"R1": 4, "R2": 8, "R3": 8, "R4": 4, "R5": 8}
-    with torch.no_grad():
-        diff = (q(test).logits - model(test).logits).abs().max().item()
-    assert diff <= 1e-4
-    assert _ppl(q, test) == pytest.approx(_ppl(model, test), rel=1e-5)
-
-
-def test_left_out_points_get_one_cluster(model_and_data):
-    model, calib, _ = model_and_data
-    q, report = _quantized(model, calib, wbits=4, abits=4, reorder="3", w_quantizer="normal")
+def test_left_out_points_get_one_cluster(opt_case, quantized):
+    model, calib, _ = opt_case
+    q, report = quantized(model, calib, wbits=4, abits=4, reorder="3", w_quantizer="normal")
     assert report["clusters_per_layer"][1] == {"R1": 1, "R2": 1, "R3": 8, "R4": 1, "R5": 1}
     assert not hasattr(q.model.decoder.layers[0].self_attn_layer_norm, "rptq_perm")
     assert q.model.decoder.layers[0].fc2.rptq_input_quant.n_clusters == 1
 
 
-def test_w4a4_quantizes_every_site_with_the_reference_bits(model_and_data):
-    model, calib, test = model_and_data
-    q, report = _quantized(model, calib, wbits=4, abits=4)
+def test_w4a4_quantizes_every_site_with_the_reference_bits(opt_case, quantized):
+    model, calib, test = opt_case
+    q, report = quantized(model, calib, wbits=4, abits=4)
     layer = q.model.decoder.layers[1]
     assert layer.self_attn_layer_norm.rptq_output_quant.bits == 8  # max(8, abits)
     assert layer.fc2.rptq_input_quant.bits == 4
@@ -69,15 +32,15 @@ def test_w4a4_quantizes_every_site_with_the_reference_bits(model_and_data):
     assert set(report["timings_s"]) >= {"calibration", "clustering", "weight_quantization"}
     ppl_q, ppl_f = _ppl(q, test), _ppl(model, test)
     assert ppl_q != ppl_f and math.isfinite(ppl_q)
-    strict, _ = _quantized(model, calib, wbits=4, abits=4, bit_mode="strict", w_quantizer="normal")
+    strict, _ = quantized(model, calib, wbits=4, abits=4, bit_mode="strict", w_quantizer="normal")
     assert strict.model.decoder.layers[0].final_layer_norm.rptq_output_quant.bits == 4
     assert strict.model.decoder.layers[0].self_attn.rptq_prob_quant.bits == 4
 
 
-def test_only_quant_kv_leaves_every_other_activation_untouched(model_and_data):
-    model, calib, test = model_and_data
-    kv, _ = _quantized(model, calib, wbits=16, abits=4, only_quant_kv=True)
-    ref, _ = _quantized(model, calib, wbits=16, abits=16, reorder="12345")  # same reorder, nothing quantized
+def test_only_quant_kv_leaves_every_other_activation_untouched(opt_case, quantized):
+    model, calib, test = opt_case
+    kv, _ = quantized(model, calib, wbits=16, abits=4, only_quant_kv=True)
+    ref, _ = quantized(model, calib, wbits=16, abits=16, reorder="12345")  # same reorder, nothing quantized
     quantized = {name.rsplit(".", 2)[-2] for name, _ in kv.named_modules() if "quant" in name}
     assert quantized == {"k_proj", "v_proj"}
 
@@ -99,9 +62,9 @@ def test_only_quant_kv_leaves_every_other_activation_untouched(model_and_data):
 
 
 @pytest.mark.parametrize("kw", [dict(wbits=4, abits=4), dict(wbits=4, abits=4, only_quant_kv=True)])
-def test_cached_generation_equals_the_full_forward(model_and_data, kw):
-    model, calib, test = model_and_data
-    q, _ = _quantized(model, calib, w_quantizer="normal", **kw)
+def test_cached_generation_equals_the_full_forward(opt_case, quantized, cached_and_full_logits, kw):
+    model, calib, test = opt_case
+    q, _ = quantized(model, calib, w_quantizer="normal", **kw)
     cached, full, out = cached_and_full_logits(q, test[:1, :16], pad_token_id=1)
     assert torch.allclose(cached, full, atol=1e-4)
     assert torch.equal(full.argmax(-1), out.sequences[:, 16:])
@@ -113,23 +76,23 @@ def test_cached_generation_equals_the_full_forward(model_and_data, kw):
         assert channels.unique().numel() <= 16 * proj.rptq_output_quant.n_clusters
 
 
-def test_dynamic_activations_need_no_calibrated_ranges(model_and_data):
-    model, calib, test = model_and_data
-    q, _ = _quantized(model, calib, wbits=16, abits=4, a_dynamic=True)
+def test_dynamic_activations_need_no_calibrated_ranges(opt_case, quantized):
+    model, calib, test = opt_case
+    q, _ = quantized(model, calib, wbits=16, abits=4, a_dynamic=True)
     assert q.model.decoder.layers[0].fc2.rptq_input_quant.dynamic
     assert math.isfinite(_ppl(q, test))
 
 
-def test_more_clusters_than_channels_fails_before_quantizing(model_and_data):
-    model, calib, _ = model_and_data
+def test_more_clusters_than_channels_fails_before_quantizing(opt_case, quantized):
+    model, calib, _ = opt_case
     with pytest.raises(ClusterError, match="R2"):
-        _quantized(model, calib, clusters={**SMALL_CLUSTERS, "R2": 32})
+        quantized(model, calib, clusters={"R1": 4, "R2": 32, "R3": 2, "R4": 4, "R5": 8})
 
 
 @pytest.mark.parametrize("granularity, groups_per_row", [("cluster", 4), ("channel", 1), ("group", 2)])
-def test_weight_only_runs_use_the_asked_weight_groups(model_and_data, granularity, groups_per_row):
-    model, calib, test = model_and_data
-    q, _ = _quantized(model, calib, wbits=3, abits=16, w_granularity=granularity, groupsize=32,
+def test_weight_only_runs_use_the_asked_weight_groups(opt_case, quantized, granularity, groups_per_row):
+    model, calib, test = opt_case
+    q, _ = quantized(model, calib, wbits=3, abits=16, w_granularity=granularity, groupsize=32,
                       act_order=granularity == "channel")
     assert not any("quant" in name for name, _ in q.named_modules())  # A16: no activation quantizer
     assert q.config._attn_implementation != "rptq_eager"

@@ -1,12 +1,9 @@
 """scripts/cluster_ablation.py: which runs it asks for, and its CSV and plot from fabricated JSONs."""
 import csv
-import sys
 
 import pytest
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import cluster_ablation  # noqa: E402
+from scripts import cluster_ablation
 
 
 def test_one_point_at_a_time_the_others_at_their_defaults_sharing_the_default_run():

@@ -3,22 +3,17 @@ import json
 import math
 import pathlib
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, data_folder, tiny_opt
 
 import rptq.tasks
 from rptq.evaluate import perplexity, zero_shot
-from rptq.tasks import LOCAL_TASKS, local_tasks, plan_tasks
-
-DATA = data_folder()
+from rptq.tasks import LOCAL_TASKS, plan_tasks
 
 
 @pytest.fixture(scope="module")
-def model_and_windows():
+def model_and_windows(tiny_opt):
     model = tiny_opt(layers=1)
     windows = torch.randint(0, 512, (5, 64), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():  # the model's own loss (labels shifted inside transformers), window by window
@@ -55,33 +50,28 @@ def no_network(monkeypatch):
     return attempts
 
 
-def test_harness_runs_every_local_task_offline_on_a_tiny_model(smol_tokenizer, no_network):
-    if len(local_tasks(LOCAL_TASKS, DATA)) < len(LOCAL_TASKS):
-        pytest.skip(f"task files not found in {DATA}")
+def test_harness_runs_every_local_task_offline_on_a_tiny_model(tiny_opt, smol_tokenizer, task_data_dir, no_network):
     import lm_eval
 
     model = tiny_opt(vocab_size=len(smol_tokenizer), layers=1)
-    res = zero_shot(model, smol_tokenizer, plan_tasks(list(LOCAL_TASKS), DATA), limit=2, batch_size=2)
+    res = zero_shot(model, smol_tokenizer, plan_tasks(list(LOCAL_TASKS), task_data_dir), limit=2, batch_size=2)
     assert no_network == []
     assert (res["harness_version"], res["batch_size"], res["num_fewshot"], res["limit"]) == (lm_eval.__version__, 2,
                                                                                             0, 2)
     assert list(res["results"]) == list(LOCAL_TASKS)
     for name, task in res["results"].items():
         assert task["label"] == LOCAL_TASKS[name].label(name) and task["examples"] == 2
-        assert task["source"]["kind"] == "local" and task["source"]["files"][0].startswith(str(DATA))
+        assert task["source"]["kind"] == "local" and task["source"]["files"] == list(LOCAL_TASKS[name].files)
         assert 0 <= task["acc"] <= 1 and "acc_stderr" in task
         assert ("acc_norm" in task) == (name in ("piqa", "arc_easy", "arc_challenge", "openbookqa"))
     assert res["results"]["lambada_openai"]["perplexity"] > 1  # a random model: far from the truth
     assert "4-choice copy" in res["results"]["arc_easy"]["label"]
 
 
-def test_cli_prints_and_records_zero_shot_results(tiny_opt_dir, tmp_path):
-    if len(local_tasks(["piqa", "boolq"], DATA)) < 2:
-        pytest.skip(f"task files not found in {DATA}")
+def test_cli_prints_and_records_zero_shot_results(run_cli, tiny_opt_dir, task_data_dir, tmp_path):
     out = tmp_path / "zs.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), str(tiny_opt_dir), "--tasks", "piqa,boolq",
-                           "--limit", "3", "--data_dir", str(DATA), "--output_path", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_cli("main.py", tiny_opt_dir, "--tasks", "piqa,boolq", "--limit", 3, "--data_dir", task_data_dir,
+                   "--output_path", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     zs = json.loads(out.read_text())["zero_shot"]
     piqa = zs["results"]["piqa"]
@@ -92,15 +82,15 @@ def test_cli_prints_and_records_zero_shot_results(tiny_opt_dir, tmp_path):
     assert "WARNING" not in proc.stderr and "Custom kwargs" not in proc.stderr
 
 
-def test_stock_and_local_tasks_score_the_same_documents_alike(smol_tokenizer, monkeypatch):
+def test_stock_and_local_tasks_score_the_same_documents_alike(tiny_opt, smol_tokenizer, task_data_dir,
+                                                              monkeypatch):
     """The stock tasks, their hub data faked with the same original files, give exactly the local tasks' numbers."""
-    if len(local_tasks(["lambada_openai", "piqa"], DATA)) < 2:
-        pytest.skip(f"task files not found in {DATA}")
     import datasets
     import lm_eval.tasks
 
-    lines = {name: (DATA / LOCAL_TASKS[name].files[0]).read_text().splitlines() for name in ("lambada_openai", "piqa")}
-    labels = (DATA / "piqa/valid-labels.lst").read_text().split()
+    lines = {name: (task_data_dir / LOCAL_TASKS[name].files[0]).read_text().splitlines()
+             for name in ("lambada_openai", "piqa")}
+    labels = (task_data_dir / "piqa/valid-labels.lst").read_text().split()
     hub = {"EleutherAI/lambada_openai": [json.loads(line) for line in lines["lambada_openai"]],
            "baber/piqa": [{**json.loads(line), "label": int(label)} for line, label in zip(lines["piqa"], labels)]}
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kwargs: collections.defaultdict(
@@ -109,9 +99,10 @@ def test_stock_and_local_tasks_score_the_same_documents_alike(smol_tokenizer, mo
     index = lm_eval.tasks.TaskManager(include_path=[stock_root / "lambada", stock_root / "piqa"],
                                       include_defaults=False)
     monkeypatch.setattr(rptq.tasks, "_task_manager", lambda folder=None: index)  # the full index takes seconds
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the hub data set is faked above: no need to reach the hub
 
     model = tiny_opt(vocab_size=len(smol_tokenizer), layers=1)
-    local = zero_shot(model, smol_tokenizer, plan_tasks(["lambada_openai", "piqa"], DATA), limit=6)["results"]
+    local = zero_shot(model, smol_tokenizer, plan_tasks(["lambada_openai", "piqa"], task_data_dir), limit=6)["results"]
     stock = zero_shot(model, smol_tokenizer, plan_tasks(["lambada_openai", "piqa"], None), limit=6)["results"]
     assert stock["piqa"]["source"] == {"kind": "stock", "dataset": "baber/piqa", "dataset_name": None,
                                        "split": "validation"}

@@ -8,15 +8,9 @@ import re
 
 import datasets
 import pytest
-from conftest import data_folder
 
-import datautils
-import main
-from rptq.tasks import LOCAL_TASKS, TaskError, local_tasks, plan_tasks, stock_entry
-
-DATA = data_folder()
-needs_task_files = pytest.mark.skipif(len(local_tasks(LOCAL_TASKS, DATA)) < len(LOCAL_TASKS),
-                                      reason=f"task files not found in {DATA}")
+import models.hub
+from rptq.tasks import LOCAL_TASKS, TaskError, describe_task_data, local_tasks, plan_tasks, stock_entry
 
 # The first item of each local file as the stock data set on the hub holds it (public ARC, OpenBookQA, PIQA, BoolQ
 # records). lambada_openai's file is the stock data itself, so its stock document is read from it.
@@ -63,11 +57,11 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _stock_docs(name):
+def _stock_docs(name, data):
     if name == "lambada_openai":
-        return _lines(DATA / "lambada/lambada_test.jsonl")[:1]
+        return _lines(data / "lambada/lambada_test.jsonl")[:1]
     if name == "boolq":
-        passage = _lines(DATA / "llm-foundry-icl/boolq.jsonl")[0]["query"].split("\n")[0].removeprefix("Passage: ")
+        passage = _lines(data / "llm-foundry-icl/boolq.jsonl")[0]["query"].split("\n")[0].removeprefix("Passage: ")
         return [{"question": "does ethanol take more energy make that produces", "passage": BOOLQ_TITLE + passage,
                  "label": 0, "idx": 0}]
     return [STOCK_FIRST_DOCS[name]]
@@ -92,9 +86,9 @@ def build_stock_task(name, docs):
 
 
 @pytest.fixture(scope="module")
-def local_harness_tasks():
+def local_harness_tasks(task_data_dir):
     """Our local tasks as the harness builds them from plan_tasks' configs, reading the real files."""
-    planned, manager = plan_tasks(list(LOCAL_TASKS), DATA)
+    planned, manager = plan_tasks(list(LOCAL_TASKS), task_data_dir)
     built = manager.load([p.spec for p in planned])["tasks"]
     return {p.name: built[p.harness_name] for p in planned}
 
@@ -104,11 +98,10 @@ def rendered(task, doc):
     return task.doc_to_text(doc), choices, task.doc_to_target(doc)
 
 
-@needs_task_files
 @pytest.mark.parametrize("name", list(LOCAL_TASKS))
-def test_local_task_gives_the_stock_prompt_choices_and_target(name, local_harness_tasks):
+def test_local_task_gives_the_stock_prompt_choices_and_target(name, local_harness_tasks, task_data_dir):
     local = local_harness_tasks[name]
-    stock = build_stock_task(name, _stock_docs(name))
+    stock = build_stock_task(name, _stock_docs(name, task_data_dir))
     text, choices, target = rendered(local, local.eval_docs[0])
     stock_text, stock_choices, stock_target = rendered(stock, stock.eval_docs[0])
     if name == "boolq":  # the one known difference, named in the task's label
@@ -122,25 +115,23 @@ def test_local_task_gives_the_stock_prompt_choices_and_target(name, local_harnes
     assert (local.config.test_split or local.config.validation_split) == stock_split == LOCAL_TASKS[name].split
 
 
-@needs_task_files
 @pytest.mark.parametrize("name", ["lambada_openai", "piqa"])
-def test_original_files_give_the_stock_prompts_item_by_item(name, local_harness_tasks):
+def test_original_files_give_the_stock_prompts_item_by_item(name, local_harness_tasks, task_data_dir):
     """These files are the stock data itself: the stock task on the raw rows must agree with the local task."""
-    rows = _lines(DATA / LOCAL_TASKS[name].files[0])[:40]
+    rows = _lines(task_data_dir / LOCAL_TASKS[name].files[0])[:40]
     if name == "piqa":
-        labels = (DATA / "piqa/valid-labels.lst").read_text().split()
+        labels = (task_data_dir / "piqa/valid-labels.lst").read_text().split()
         rows = [{**row, "label": int(label)} for row, label in zip(rows, labels)]
     stock, local = build_stock_task(name, rows), local_harness_tasks[name]
     assert [rendered(local, d) for d in list(local.eval_docs)[:40]] == [rendered(stock, d) for d in stock.eval_docs]
 
 
-@needs_task_files
 @pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "openbookqa", "boolq"])
-def test_llm_foundry_rows_are_recovered_without_loss(name, local_harness_tasks):
+def test_llm_foundry_rows_are_recovered_without_loss(name, local_harness_tasks, task_data_dir):
     """Every row of the reformatted copy follows from the stock prompt on the recovered fields, so the recovery keeps
     all the copy has; ARC loses only the repeated padding choice, BoolQ only the case of 'question' in passages."""
     task = local_harness_tasks[name]
-    rows = _lines(DATA / LOCAL_TASKS[name].files[0])
+    rows = _lines(task_data_dir / LOCAL_TASKS[name].files[0])
     docs = list(task.eval_docs)
     assert len(docs) == len(rows)
     # every fifth row (rendering is slow) and every row the copy altered: padded choices, split passages
@@ -159,7 +150,6 @@ def test_llm_foundry_rows_are_recovered_without_loss(name, local_harness_tasks):
             assert set(choices) == set(row["choices"]) and len(choices) == len(set(row["choices"]))
 
 
-@needs_task_files
 def test_padded_arc_items_get_their_three_choices_back(local_harness_tasks):
     docs = list(local_harness_tasks["arc_easy"].eval_docs)
     three = [d for d in docs if len(d["choices"]["text"]) == 3]
@@ -190,22 +180,26 @@ def test_unreadable_task_file_and_unknown_task_are_task_errors(tmp_path):
 def no_hub(monkeypatch):
     for var in ("RPTQ_DATA_DIR", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(datautils, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models.hub, "hub_reachable", lambda *a, **k: False)
 
 
-def check(*argv):
-    args = main.build_parser().parse_args(["opt-125m", *argv])
-    main.check_args(args, main.given_flags(argv))
+def test_tasks_need_a_data_folder_or_the_hub(task_data_dir, no_hub):
+    with pytest.raises(TaskError, match="hub cannot be reached and no data folder is given.*--data_dir"):
+        plan_tasks(["piqa"], None)
+    assert len(plan_tasks(list(LOCAL_TASKS), task_data_dir)[0]) == len(LOCAL_TASKS)
+    with pytest.raises(TaskError, match=f"--tasks hellaswag: .*{re.escape(str(task_data_dir))} has no files"):
+        plan_tasks(["piqa", "hellaswag"], task_data_dir)
+    with pytest.raises(TaskError, match="--num_fewshot 5: the local files of piqa"):
+        plan_tasks(["piqa"], task_data_dir, num_fewshot=5)
 
 
-@needs_task_files
-def test_tasks_need_a_data_folder_or_the_hub(no_hub):
-    with pytest.raises(main.UsageError, match="hub cannot be reached and no data folder is given.*--data_dir"):
-        check("--tasks", "piqa")
-    check("--tasks", ",".join(LOCAL_TASKS), "--data_dir", str(DATA))
-    with pytest.raises(main.UsageError, match=f"--tasks hellaswag: .*{re.escape(str(DATA.resolve()))} has no files"):
-        check("--tasks", "piqa,hellaswag", "--data_dir", str(DATA))
-    with pytest.raises(main.UsageError, match="--num_fewshot 5: the local files of piqa"):
-        check("--tasks", "piqa", "--num_fewshot", "5", "--data_dir", str(DATA))
-    with pytest.raises(main.UsageError, match="no task names"):
-        check("--tasks", ",")
+def test_an_unknown_task_is_named_before_the_hub_is_blamed(no_hub):
+    with pytest.raises(TaskError, match="unknown lm-evaluation-harness task 'no_such_task'"):
+        plan_tasks(["no_such_task"], None)
+
+
+def test_task_data_is_recorded_by_path_inside_the_folder_and_content(task_data_dir):
+    entries = describe_task_data(["piqa", "hellaswag"], task_data_dir)
+    assert [e["file"] for e in entries if "file" in e] == ["piqa/valid.jsonl", "piqa/valid-labels.lst"]
+    assert all(len(e["sha256"]) == 64 for e in entries if "file" in e)
+    assert entries[-1] == {"task": "hellaswag", "hub": "stock task"}

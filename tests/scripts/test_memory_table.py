@@ -1,21 +1,13 @@
 """scripts/memory_table.py: its memory model against the paper's Table 3, and the script as a user runs it."""
 import csv
-import importlib.util
 import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
-SCRIPT = ROOT / "scripts" / "memory_table.py"
-PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table3_memory_paper.csv"
+from scripts import memory_table
 
-spec = importlib.util.spec_from_file_location("memory_table", SCRIPT)
-memory_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(memory_table)
+PAPER_CSV = memory_table.PAPER_CSV
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +18,9 @@ def paper_cells():
             for c in memory_table.read_paper_cells(PAPER_CSV)}
 
 
-def run_script(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+@pytest.fixture
+def run_script(run_cli):
+    return lambda *args: run_cli("scripts/memory_table.py", *args, timeout=60)
 
 
 def csv_rows(text):
@@ -50,7 +42,7 @@ def test_memory_model_matches_paper_cells(paper_cells, model, setting, batch, se
     assert sum(parts) == pytest.approx(paper_cells[model, setting, batch, seqlen], rel=0.005)
 
 
-def test_paper_mode_matches_all_cells_within_3_percent(paper_cells):
+def test_paper_mode_matches_all_cells_within_3_percent(run_script, paper_cells):
     proc = run_script("--paper", PAPER_CSV)
     assert proc.returncode == 0, proc.stderr
     rows = csv_rows(proc.stdout)
@@ -61,7 +53,7 @@ def test_paper_mode_matches_all_cells_within_3_percent(paper_cells):
     assert len(summary) == 1 and "189 cells compared" in summary[0], proc.stderr
 
 
-def test_model_mode_gives_the_paper_grid_and_parts_sum_to_total():
+def test_model_mode_gives_the_paper_grid_and_parts_sum_to_total(run_script):
     proc = run_script("--model", "opt-1.3b")
     assert proc.returncode == 0, proc.stderr
     rows = csv_rows(proc.stdout)
@@ -73,7 +65,7 @@ def test_model_mode_gives_the_paper_grid_and_parts_sum_to_total():
         assert parts == pytest.approx(float(r["memory_gb"]), abs=1e-9)
 
 
-def test_explicit_bits_and_lists():
+def test_explicit_bits_and_lists(run_script):
     proc = run_script("--model", "opt-125m,opt-13b", "--wbits", "4", "--abits", "8", "--kvbits", "4",
                       "--batch", "1,8", "--seqlen", "512")
     assert proc.returncode == 0, proc.stderr
@@ -86,7 +78,7 @@ def test_explicit_bits_and_lists():
     assert float(rows[1]["kv_gb"]) == pytest.approx(8 * float(rows[0]["kv_gb"]), rel=1e-3)
 
 
-def test_local_config_gives_the_same_rows_as_the_built_in_shape(tmp_path):
+def test_local_config_gives_the_same_rows_as_the_built_in_shape(run_script, tmp_path):
     shape = memory_table.OPT_SHAPES["opt-1.3b"]
     folder = tmp_path / "opt-1.3b"
     folder.mkdir()
@@ -96,7 +88,7 @@ def test_local_config_gives_the_same_rows_as_the_built_in_shape(tmp_path):
     assert from_config.stdout == built_in.stdout
 
 
-def test_output_file_is_written_whole_and_nothing_else(tmp_path):
+def test_output_file_is_written_whole_and_nothing_else(run_script, tmp_path):
     out = tmp_path / "table.csv"
     proc = run_script("--model", "opt-2.7b", "--wbits", "4", "--output", out)
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
@@ -135,10 +127,31 @@ def test_bad_setting_label_is_refused(label):
     (["--paper", "--model", "opt-1.3b"], "not allowed with"),
     (["--paper", "/no/such/table.csv"], "/no/such/table.csv"),
     (["--config", "/no/such/config.json"], "/no/such/config.json"),
-    (["--model", "opt-1.3b", "--output", "/no/such/folder/t.csv"], "cannot write"),
 ])
-def test_bad_input_exits_2_with_one_line(args, expected):
+def test_bad_input_exits_2_with_one_line(run_script, args, expected):
     proc = run_script(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("memory_table.py: error: ") and expected in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[1, 2]", "holds a JSON list, not a config object"),
+    ("{not json", "cannot read"),
+    (json.dumps({"hidden_size": -768, "num_hidden_layers": 12, "ffn_dim": 3072, "vocab_size": 50272,
+                 "max_position_embeddings": 2048, "num_attention_heads": 12}), "sizes must be positive"),
+])
+def test_bad_config_files_exit_2_with_one_line(run_script, one_line_error, tmp_path, content, expected):
+    (tmp_path / "config.json").write_text(content)
+    one_line_error(run_script("--config", tmp_path / "config.json"), expected)
+
+
+@pytest.mark.parametrize("content", ["", "model,setting,batch,seqlen,memory_gb\n"])
+def test_an_empty_paper_table_exits_2_with_one_line(run_script, one_line_error, tmp_path, content):
+    (tmp_path / "t3.csv").write_text(content)
+    one_line_error(run_script("--paper", tmp_path / "t3.csv"), "holds no cells")
+
+
+def test_an_output_under_a_regular_file_exits_2_with_one_line(run_script, one_line_error, tmp_path):
+    (tmp_path / "file").write_text("")
+    one_line_error(run_script("--model", "opt-1.3b", "--output", tmp_path / "file" / "t.csv"), "cannot write")

@@ -1,28 +1,10 @@
-import copy
 import math
 
 import pytest
 import torch
-from conftest import cached_and_full_logits, require_smollm2, tiny_llama
 
-from models.llama import LlamaAdapter
-from rptq.pipeline import RPTQConfig, quantize_model
-
-SMALL_CLUSTERS = {"R1": 4, "R2": 2, "R3": 2, "R4": 4, "R5": 8}
-
-
-@pytest.fixture(scope="module")
-def model_and_data():
-    model = tiny_llama()
-    gen = torch.Generator().manual_seed(0)
-    return model, torch.randint(0, 512, (6, 128), generator=gen), torch.randint(0, 512, (2, 128), generator=gen)
-
-
-def _quantized(model, calib, **kw):
-    q = copy.deepcopy(model)
-    report = quantize_model(q, LlamaAdapter(), calib, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}),
-                            progress=False)
-    return q, report
+from rptq.config import RPTQConfig
+from rptq.pipeline import quantize_model
 
 
 def _logits(model, ids):
@@ -30,9 +12,9 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-def test_full_reorder_with_quantizers_off_is_exact(model_and_data):
-    model, calib, test = model_and_data
-    q, report = _quantized(model, calib, wbits=16, abits=16, reorder="12345")
+def test_full_reorder_with_quantizers_off_is_exact(llama_case, quantized):
+    model, calib, test = llama_case
+    q, report = quantized(model, calib, wbits=16, abits=16, reorder="12345")
     layer, orig = q.model.layers[0], model.model.layers[0]
     for lin in ("gate_proj", "up_proj"):  # R5 moved their rows, R4 their columns
         assert not torch.equal(getattr(layer.mlp, lin).weight, getattr(orig.mlp, lin).weight)
@@ -45,9 +27,9 @@ def test_full_reorder_with_quantizers_off_is_exact(model_and_data):
     assert (_logits(q, test) - _logits(model, test)).abs().max().item() <= 1e-4
 
 
-def test_each_query_head_quantizes_with_its_kv_heads_clusters(model_and_data):
-    model, calib, test = model_and_data
-    q, _ = _quantized(model, calib, wbits=16, abits=4, w_quantizer="normal")
+def test_each_query_head_quantizes_with_its_kv_heads_clusters(llama_case, quantized):
+    model, calib, test = llama_case
+    q, _ = quantized(model, calib, wbits=16, abits=4, w_quantizer="normal")
     attn = q.model.layers[1].self_attn
     q_index, k_index = attn.rptq_query_quant.index, attn.rptq_key_quant.index
     assert attn.rptq_key_quant.n_clusters == 2 * 2 and attn.rptq_query_quant.n_clusters == 4 * 2
@@ -63,9 +45,9 @@ def test_each_query_head_quantizes_with_its_kv_heads_clusters(model_and_data):
 
 
 @pytest.mark.parametrize("kw", [dict(wbits=4, abits=4), dict(wbits=4, abits=4, only_quant_kv=True)])
-def test_cached_generation_equals_the_full_forward(model_and_data, kw):
-    model, calib, test = model_and_data
-    q, _ = _quantized(model, calib, w_quantizer="normal", **kw)
+def test_cached_generation_equals_the_full_forward(llama_case, quantized, cached_and_full_logits, kw):
+    model, calib, test = llama_case
+    q, _ = quantized(model, calib, w_quantizer="normal", **kw)
     cached, full, out = cached_and_full_logits(q, test[:1, :16])
     assert torch.allclose(cached, full, atol=1e-4)
     attn = q.model.layers[1].self_attn
@@ -82,14 +64,13 @@ def test_cached_generation_equals_the_full_forward(model_and_data, kw):
         assert not hasattr(attn, "rptq_query_quant") and not hasattr(attn, "rptq_prob_quant")
 
 
-def test_real_smollm2_reorder_is_exact(data_dir):
+def test_real_smollm2_reorder_is_exact(data_dir, smollm2):
     """All five reorders with quantizers off on the real model: float64 so that only a reorder bug, not the
     summation order of 30 layers, could move the logits."""
-    require_smollm2()
     from datautils import get_calib_windows
     from models import load_model
 
-    model, tokenizer, adapter = load_model("smollm2-135m", torch.float64)
+    model, tokenizer, adapter = load_model(smollm2, torch.float64)
     calib = get_calib_windows("wikitext2", tokenizer, 2, seed=0, data_dir=data_dir, seqlen=64, cache_dir=None)
     test = calib[:1, :48]
     reference = _logits(model, test)

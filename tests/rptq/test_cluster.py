@@ -3,7 +3,7 @@ import torch
 
 from quantize import ActQuantizer, cluster_index
 from rptq.cluster import ClusterError, cluster_channels
-from rptq.stats import channel_ranges, cluster_ranges, reduce_samples
+from rptq.stats import channel_ranges, cluster_ranges
 
 
 def _activations(seed=0, tokens=256, channels=96):
@@ -57,9 +57,3 @@ def test_per_head_clustering_keeps_heads_contiguous():
 def test_more_clusters_than_channels_is_a_clear_error():
     with pytest.raises(ClusterError, match="R2 asks for 9 clusters but has only 8 channels per head"):
         cluster_channels(torch.randn(16, 4), 9, heads=2, name="R2")
-
-
-def test_ema_minmax_first_sample_sets_the_range():
-    values = torch.tensor([[10.0], [0.0], [0.0]])
-    assert reduce_samples(values, "ema_minmax", largest=True).item() == pytest.approx(10 * 0.99 ** 2)
-    assert reduce_samples(values, "minmax", largest=True).item() == 10.0

@@ -1,0 +1,69 @@
+"""What main.py and the scripts share on the command line: one-line errors, device choice, the guarded run."""
+import argparse
+import sys
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr (what is wrong, what to do) and exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _one_line_errors():
+    """Every error class that carries a complete one-line message for the user."""
+    from datautils import DataError
+    from models import ModelError
+    from quantize import GPTQError
+    from rptq.cluster import ClusterError
+    from rptq.tasks import TaskError
+
+    return UsageError, DataError, ModelError, GPTQError, ClusterError, TaskError
+
+
+def guarded(prog, body, interrupted="finished results are kept"):
+    """body() -> exit code; a one-line error is printed as such with exit code 2, Ctrl-C with 130."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not isinstance(e, UsageError) and not isinstance(e, _one_line_errors()):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def note(prog, line):
+    print(f"{prog}: note: {line}", file=sys.stderr)
+
+
+def pick_device(device=None, dtype=None):
+    """(device, torch dtype) from the --device and --dtype values, refused with one line if unusable."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device '{device}' is not a torch device (use cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
+        if (parsed.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    dtype = dtype or ("float16" if parsed.type == "cuda" else "float32")
+    return device, getattr(torch, dtype)
+
+
+def dtype_name(dtype):
+    return str(dtype).split(".")[-1]
+
+
+def check_positions(model, name, seqlen):
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and seqlen > max_positions:
+        raise UsageError(f"--seqlen {seqlen} is longer than {name}'s {max_positions} positions")

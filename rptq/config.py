@@ -1,0 +1,271 @@
+"""The run configuration: main.py's flags, their checks, and the RPTQ settings they become.
+
+One home for the constants too, so that main.py, the pipeline and the scripts all read the same ones.
+"""
+import argparse
+import re
+from dataclasses import dataclass, field
+
+import datautils
+from models import model_names
+from quantize import GRANULARITIES, GRIDS
+
+from .cli import OneLineParser, UsageError
+
+FLOAT_BITS = 16  # bits >= 16 mean floating point: no quantizer
+POINTS = ("R1", "R2", "R3", "R4", "R5")
+DEFAULT_CLUSTERS = {"R1": 32, "R2": 4, "R3": 4, "R4": 32, "R5": 32}
+PROB_BITS_REFERENCE = 8  # the reference's fixed softmax grid
+NORM_BITS_REFERENCE = 8  # the reference keeps LayerNorm outputs at max(8, abits)
+METRICS = ("minmax", "ema_minmax")
+BIT_MODES = ("reference", "strict")
+W_QUANTIZERS = ("gptq", "normal")
+DTYPES = ("float32", "float16", "bfloat16")
+# A mode flag that cannot hold in a run is a contradiction and refused; any other idle flag only gets a note,
+# so that shell sweeps can pass the same flags to every setting, as the authors' scripts do.
+CONTRADICTIONS = ("only_quant_kv", "a_dynamic")
+
+
+@dataclass
+class RPTQConfig:
+    wbits: int = 4
+    abits: int = 4
+    clusters: dict = field(default_factory=lambda: dict(DEFAULT_CLUSTERS))
+    reorder: str = "12345"            # which of R1..R5 are clustered; the others get one cluster
+    metric: str = "ema_minmax"
+    w_quantizer: str = "gptq"         # or "normal": round-to-nearest
+    w_granularity: str = "cluster"    # weight scale groups: input clusters, "channel" (per row) or "group"
+    groupsize: int = 128              # columns per group with w_granularity="group"
+    act_order: bool = False           # GPTQ: columns by decreasing Hessian diagonal
+    percdamp: float = 0.01
+    only_quant_kv: bool = False       # quantize weights and K/V only (the W4A4KV rows)
+    a_dynamic: bool = False
+    grid: str = "paper"               # or "full": the 2^k - 1 grid
+    bit_mode: str = "reference"       # or "strict": norm outputs and probabilities at abits too
+    device: str = "cpu"
+
+    @property
+    def label(self):
+        return f"W{self.wbits}A{self.abits}" + ("KV" if self.only_quant_kv else "")
+
+    def site_bits(self, kind):
+        """Bits of an activation site of this kind, None when it stays in floating point (section 6)."""
+        if self.abits >= FLOAT_BITS or (self.only_quant_kv and kind != "kv"):
+            return None
+        if kind == "norm" and self.bit_mode == "reference":
+            return max(NORM_BITS_REFERENCE, self.abits)
+        return self.abits
+
+    @property
+    def prob_bits(self):
+        if self.abits >= FLOAT_BITS or self.only_quant_kv:
+            return None
+        return PROB_BITS_REFERENCE if self.bit_mode == "reference" else self.abits
+
+    def point_clusters(self, name):
+        return self.clusters[name] if name[1] in self.reorder else 1
+
+    def describe(self):
+        """Every quantizer setting that produced a number, for its label."""
+        return {"label": self.label, "wbits": self.wbits, "abits": self.abits, "w_quantizer": self.w_quantizer,
+                "w_granularity": self.w_granularity,
+                "groupsize": self.groupsize if self.w_granularity == "group" else None,
+                "act_order": self.act_order, "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid,
+                "bit_mode": self.bit_mode,
+                "a_dynamic": self.a_dynamic, "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
+                "clusters": {p: self.point_clusters(p) for p in POINTS},
+                "norm_bits": self.site_bits("norm"), "prob_bits": self.prob_bits}
+
+    def mode_line(self):
+        """What produced the numbers, in a few words (the JSON has every setting)."""
+        parts = [f"{self.grid} grid"]
+        if self.wbits < FLOAT_BITS:
+            parts.append(f"{self.w_quantizer} weights per {self.w_granularity}" + (" act-order" if self.act_order
+                                                                                  else ""))
+        if self.abits < FLOAT_BITS:
+            parts.append("KV cache only" if self.only_quant_kv else f"{self.bit_mode} activation bits")
+            parts.append("dynamic ranges" if self.a_dynamic else f"{self.metric} ranges")
+        parts.append(f"reorder {self.reorder or 'none'}")
+        return f"({', '.join(parts)})"
+
+
+def build_parser(prog="main.py", description=None):
+    """main.py's flags, named as the reference's so that its scripts run here."""
+    p = OneLineParser(prog=prog, description=description, allow_abbrev=False,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help=f"one of {', '.join(model_names())}, or a local model folder")
+    g = p.add_argument_group("quantization")
+    g.add_argument("--wbits", type=int, default=16, help="weight bits (16: float weights)")
+    g.add_argument("--abits", type=int, default=16, help="activation bits (16: float activations)")
+    g.add_argument("--w_quantizer", choices=W_QUANTIZERS, default="gptq", help="gptq, or normal = round-to-nearest")
+    g.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag(H)")
+    g.add_argument("--w_granularity", choices=GRANULARITIES, default="cluster",
+                   help="weight scales per output row and per: input cluster (RPTQ), nothing else (channel), or "
+                        "--groupsize columns (group)")
+    g.add_argument("--groupsize", type=int, default=128, help="columns per weight group with --w_granularity group")
+    g.add_argument("--act_order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
+    g.add_argument("--metric", choices=METRICS, default="ema_minmax",
+                   help="activation range estimator over calibration windows")
+    for i, k in enumerate(DEFAULT_CLUSTERS.values(), 1):
+        g.add_argument(f"--R{i}_clusters", type=int, default=k,
+                       help=f"clusters at R{i}" + (" (per attention head; Llama: per K/V head)" if i in (2, 3) else ""))
+    g.add_argument("--reorder", default=None,
+                   help="which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (default 12345; with "
+                        "--wbits 16 --abits 16, giving it runs the pipeline with every quantizer off)")
+    g.add_argument("--only_quant_kv", action="store_true", help="quantize weights and the KV cache only (WxAyKV)")
+    g.add_argument("--a_dynamic", action="store_true",
+                   help="activation ranges from each forward, not calibration (so decoding token by token with "
+                        "the KV cache no longer equals a full forward)")
+    g.add_argument("--grid", choices=GRIDS, default="paper",
+                   help="paper: scale = range / 2^k as the reference; full: range / (2^k - 1)")
+    g.add_argument("--bit_mode", choices=BIT_MODES, default="reference",
+                   help="reference: LayerNorm outputs at max(8, abits), softmax on an 8-bit grid; "
+                        "strict: every quantized activation at abits")
+    c = p.add_argument_group("calibration")
+    c.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    c.add_argument("--seed", type=int, default=2, help="calibration sampling seed")
+    c.add_argument("--calib_dataset", choices=datautils.CALIB_SETS, default="mix")
+    c.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration and evaluation window")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval_ppl", action="store_true", help="perplexity on wikitext2, ptb and c4")
+    e.add_argument("--ppl_datasets", default=",".join(datautils.EVAL_SETS), help="comma list for --eval_ppl")
+    e.add_argument("--tasks", default="",
+                   help="comma list of lm-evaluation-harness tasks, e.g. lambada_openai,piqa; with a data folder "
+                        "holding their files, the paper's six run offline from it")
+    e.add_argument("--num_fewshot", type=int, default=0,
+                   help="few-shot examples per task prompt (the paper: 0; local tasks have no training split)")
+    e.add_argument("--batch_size", type=int, default=1,
+                   help="lm-evaluation-harness batch size (recorded: it moves the numbers slightly)")
+    e.add_argument("--limit", type=int, default=None,
+                   help="run only the first N perplexity windows / examples per task (averages over those N)")
+    r = p.add_argument_group("runtime and files")
+    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    r.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float32 on cpu, "
+                                                                   "float16 on cuda)")
+    r.add_argument("--data_dir", default=None,
+                   help="local data folder laid out like shared/offline-data (else $RPTQ_DATA_DIR, else the hub)")
+    r.add_argument("--cache_dir", default=None, help="tokenized-data cache (default $RPTQ_CACHE_DIR or "
+                                                     "~/.cache/rptq)")
+    r.add_argument("--output_path", default="out",
+                   help="JSON results: a .json file, or a folder that gets MODEL_LABEL_SETTINGSHASH.json")
+    return p
+
+
+def given_flags(argv):
+    """The flags named on a command line (--flag or --flag=value)."""
+    return {tok[2:].split("=")[0] for tok in argv if tok.startswith("--")}
+
+
+def runs_rptq(args):
+    """No --wbits/--abits below 16 and no --reorder: the float model, no calibration at all."""
+    return args.wbits < FLOAT_BITS or args.abits < FLOAT_BITS or args.reorder is not None
+
+
+def reorder_points(args):
+    return "12345" if args.reorder is None else args.reorder
+
+
+def ppl_sets(args):
+    return [s for s in args.ppl_datasets.split(",") if s]
+
+
+def task_names(args):
+    return list(dict.fromkeys(t for t in args.tasks.split(",") if t))
+
+
+def idle_flags(args, given):
+    """Flags set on the command line that would change nothing in this run."""
+    rptq, weights, acts = runs_rptq(args), args.wbits < FLOAT_BITS, args.abits < FLOAT_BITS
+    needed = {
+        "nsamples": rptq, "seed": rptq, "calib_dataset": rptq,
+        "w_quantizer": weights, "w_granularity": weights, "groupsize": weights and args.w_granularity == "group",
+        "percdamp": weights and args.w_quantizer == "gptq", "act_order": weights and args.w_quantizer == "gptq",
+        "metric": acts and not args.a_dynamic, "only_quant_kv": acts, "a_dynamic": acts,
+        "bit_mode": acts and not args.only_quant_kv, "grid": weights or acts,
+        "ppl_datasets": args.eval_ppl, "num_fewshot": bool(args.tasks), "batch_size": bool(args.tasks),
+        **{f"R{i}_clusters": rptq and str(i) in reorder_points(args) for i in range(1, 6)},
+    }
+    return [f"--{flag}" for flag, need in needed.items() if flag in given and not need]
+
+
+def run_description(args):
+    return f"--wbits {args.wbits} --abits {args.abits}" + (f" --reorder '{args.reorder}'" if args.reorder
+                                                          is not None else "")
+
+
+def check_args(args, given=frozenset()):
+    """Reject bad values with one line before anything slow runs; return notes on flags that change nothing."""
+    for flag in ("wbits", "abits"):
+        if not 1 <= getattr(args, flag) <= 16:
+            raise UsageError(f"--{flag} must be between 1 and 16 (16 = floating point), got {getattr(args, flag)}")
+    for i in range(1, 6):
+        if getattr(args, f"R{i}_clusters") < 1:
+            raise UsageError(f"--R{i}_clusters must be at least 1, got {getattr(args, f'R{i}_clusters')}")
+    if args.reorder is not None and not re.fullmatch(r"(?!.*(.).*\1)[1-5]*", args.reorder):
+        raise UsageError(f"--reorder takes distinct digits 1-5 such as 12345 or 13, got '{args.reorder}'")
+    for flag in ("nsamples", "seqlen", "batch_size", "groupsize"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.percdamp < 0:
+        raise UsageError("--percdamp must not be negative")
+    if args.num_fewshot < 0:
+        raise UsageError("--num_fewshot must not be negative")
+    unknown = set(ppl_sets(args)) - set(datautils.EVAL_SETS)
+    if unknown:
+        raise UsageError(f"--ppl_datasets: unknown {', '.join(sorted(unknown))} (choose from "
+                         f"{', '.join(datautils.EVAL_SETS)})")
+    if not (args.eval_ppl or args.tasks):
+        raise UsageError("nothing to evaluate: pass --eval_ppl and/or --tasks")
+    if args.tasks and not task_names(args):
+        raise UsageError("--tasks: no task names given")
+    idle = idle_flags(args, given)
+    contradictions = [f for f in idle if f[2:] in CONTRADICTIONS]
+    if contradictions:
+        raise UsageError(f"{', '.join(contradictions)} needs quantized activations, but this run has none "
+                         f"({run_description(args)}): drop it or set --abits below 16")
+    return [f"{flag} changes nothing in this run ({run_description(args)}"
+            f"{', no --tasks' if flag in ('--num_fewshot', '--batch_size') else ''}"
+            f"{', no --eval_ppl' if flag == '--ppl_datasets' else ''}): ignored" for flag in idle]
+
+
+def rptq_config(args, device):
+    """The pipeline's settings from main.py's arguments."""
+    return RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=reorder_points(args),
+                      clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
+                      metric=args.metric, w_quantizer=args.w_quantizer, percdamp=args.percdamp,
+                      w_granularity=args.w_granularity, groupsize=args.groupsize, act_order=args.act_order,
+                      only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, grid=args.grid,
+                      bit_mode=args.bit_mode, device=device)
+
+
+def run_data(args):
+    """Which data the run reads (text files and task files by path inside the data folder and sha256, or hub
+    sets), for its record and for a resumed sweep to compare; DataError for a missing local file."""
+    from .tasks import describe_task_data
+
+    data_dir = datautils.resolve_data_dir(args.data_dir)
+    text = datautils.describe_sources(ppl_sets(args) if args.eval_ppl else (),
+                                      args.calib_dataset if runs_rptq(args) else None, data_dir)
+    return text + (describe_task_data(task_names(args), data_dir) if args.tasks else [])
+
+
+def data_difference(before, now):
+    """The first entry that differs between two run_data() lists, in a few words."""
+    def keyed(entries):
+        return {(e.get("set") or e.get("task"), e.get("purpose"), e.get("file")): e for e in entries or []}
+
+    def short(value):
+        return value[:12] if isinstance(value, str) and len(value) == 64 else value
+
+    old, new = keyed(before), keyed(now)
+    for key in sorted(old.keys() | new.keys(), key=str):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            what = " ".join(str(k) for k in key if k)
+            if a is None or b is None:
+                return f"{what}: {'absent' if a is None else 'used'} there, {'absent' if b is None else 'used'} now"
+            changed = [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)]
+            return "; ".join(f"{what}: {k} {short(a.get(k))} there, {short(b.get(k))} now" for k in sorted(changed))
+    return "recorded differently"

@@ -1,0 +1,70 @@
+"""rptq/report.py: the Markdown table of a sweep, from fabricated records, beside the paper's numbers."""
+import pytest
+
+from rptq.report import PAPER_DIR, format_table, load_paper, render
+
+MODEL = "opt-1.3b"
+
+
+def test_stdout_table_pads_columns_under_a_rule():
+    assert format_table(["eval", "value"], [["wikitext2", "12.50"], ["c4", "9"]]).splitlines() == [
+        "eval       value", "---------  -----", "wikitext2  12.50", "c4         9"]
+
+
+def ppl_record(setting, status="complete", quantized=True):
+    settings = {"model": MODEL, "seqlen": 2048, "limit": 2, "nsamples": 16, "calib_dataset": "mix", "seed": 2,
+                "dtype": "float32", "device": "cpu"}
+    quantization = {"grid": "paper", "bit_mode": "reference", "w_quantizer": "gptq", "reorder": "12345",
+                    "clusters": {"R1": 32, "R2": 4, "R3": 4, "R4": 32, "R5": 32}} if quantized else None
+    res = {"windows": 2, "windows_total": 141}
+    return {"model": MODEL, "label": setting, "status": status, "settings": settings, "quantization": quantization,
+            "ppl": {"wikitext2": {"ppl": 15.123, **res}, "c4-proxy": {"ppl": 16.5, "windows": 2, "windows_total": 256}}}
+
+
+@pytest.fixture
+def paper_dir():
+    if not (PAPER_DIR / "table1_ppl_paper.csv").is_file():
+        pytest.skip(f"the paper's CSV files are not in {PAPER_DIR}")
+    return PAPER_DIR
+
+
+def test_ppl_table_puts_the_papers_numbers_beside_ours(paper_dir, markdown_row):
+    records = {"FP16": ppl_record("FP16", quantized=False), "W4A8": None, "W4A4": ppl_record("W4A4", "running")}
+    paper, note = load_paper(paper_dir, "ppl", MODEL)
+    text = render("ppl", MODEL, records, paper, note)
+    header = markdown_row(text, "setting")
+    assert header == ["setting", "wikitext2", "paper wikitext2", "c4-proxy", "paper c4"]  # the sets measured
+    assert markdown_row(text, "FP16") == ["FP16", "15.12", "14.63", "16.50", "14.72"]
+    assert markdown_row(text, "W4A8") == ["W4A8", "-", "15.39", "-", "15.48"]
+    assert markdown_row(text, "W4A4 (incomplete)")[1:3] == ["15.12", "16.88"]
+    for expected in ("windows run/total wikitext2 2/141, c4-proxy 2/256", "seqlen 2048", "--limit 2",
+                     "calibration: mix, 16 windows of 2048 tokens, seed 2", "float32 on cpu", "grid paper",
+                     "reorder 12345", "clusters R1:32 R2:4 R3:4 R4:32 R5:32", "FP16: float model, no RPTQ",
+                     "not run yet (-): W4A8", "table1_ppl_paper.csv", "c4-proxy is not the paper's data set"):
+        assert expected in text, expected
+
+
+def test_zero_shot_table_shows_task_labels_and_readme_numbers_where_the_paper_has_none(paper_dir, markdown_row):
+    piqa = {"label": "piqa (local validation files)", "acc": 0.7, "acc_stderr": 0.01, "acc_norm": 0.715,
+            "source": {"kind": "local", "files": ["/d/piqa/valid.jsonl", "/d/piqa/valid-labels.lst"], "split": "val"},
+            "examples": 50, "examples_total": 1838}
+    zero_shot = {"results": {"piqa": piqa, "boolq": {"acc": 0.6, "examples": 50, "examples_total": 3270}},
+                 "limit": 50, "num_fewshot": 0, "batch_size": 1, "harness_version": "0.4.13"}
+    records = {"FP16": {**ppl_record("FP16", quantized=False), "zero_shot": zero_shot}, "W4A4": None}
+    paper, note = load_paper(paper_dir, "zeroshot", MODEL)
+    text = render("zeroshot", MODEL, records, paper, note, ["piqa", "boolq"])
+    assert markdown_row(text, "setting") == ["setting", "piqa (local validation files) acc", "acc_norm", "paper",
+                                    "boolq acc", "README"]  # boolq has no acc_norm here
+    assert markdown_row(text, "FP16") == ["FP16", "70.00", "71.50", "72.47", "60.00", "57.73"]
+    assert markdown_row(text, "W4A4") == ["W4A4", "-", "-", "68.66", "-", "52.84"]
+    for expected in ("examples run/total piqa 50/1838, boolq 50/3270", "limit 50", "harness_version 0.4.13",
+                     "piqa data: kind local, files /d/piqa/valid.jsonl, /d/piqa/valid-labels.lst, split val"):
+        assert expected in text, expected
+
+
+def test_a_model_the_paper_lacks_gets_no_paper_columns(paper_dir, markdown_row):
+    paper, note = load_paper(paper_dir, "ppl", "/models/tiny-opt")
+    assert paper == {} and "no tiny-opt rows" in note
+    text = render("ppl", "/models/tiny-opt", {"FP16": None}, paper, note)
+    assert markdown_row(text, "setting") == ["setting", "wikitext2", "ptb", "c4"]
+    assert markdown_row(text, "FP16") == ["FP16", "-", "-", "-"]

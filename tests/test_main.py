@@ -1,0 +1,92 @@
+"""main.py as a user runs it: a subprocess, its exit code, its stderr, its JSON."""
+import json
+import time
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["no-such-model", "--eval_ppl"], "unknown model 'no-such-model'"),
+    (["opt-125m", "--wbits", "0", "--eval_ppl"], "--wbits must be between 1 and 16"),
+    (["opt-125m", "--wbits", "17", "--eval_ppl"], "--wbits must be between 1 and 16"),
+    (["opt-125m", "--R3_clusters", "0", "--eval_ppl"], "--R3_clusters must be at least 1"),
+    (["opt-125m", "--eval_ppl", "--data_dir", "/no/such/folder"], "/no/such/folder"),
+    (["opt-125m", "--wbits", "four"], "invalid int value"),
+    (["opt-125m", "--eval_ppl", "--wbits", "4", "--only_quant_kv"], "--only_quant_kv needs quantized activations"),
+    (["opt-125m", "--eval_ppl", "--a_dynamic"], "--a_dynamic needs quantized activations"),
+])
+def test_bad_input_exits_with_one_clear_line(run_cli, one_line_error, args, expected):
+    one_line_error(run_cli("main.py", *args), expected)
+
+
+def test_uncached_hub_model_fails_fast_offline(run_cli, one_line_error, tmp_path):
+    start = time.time()
+    proc = run_cli("main.py", "opt-125m", "--eval_ppl", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    one_line_error(proc, "pass a local model folder")
+    assert time.time() - start < 30
+
+
+def test_too_many_clusters_is_one_line_before_calibration(run_cli, one_line_error, tiny_opt_dir, data_dir):
+    proc = run_cli("main.py", tiny_opt_dir, "--eval_ppl", "--wbits", 4, "--abits", 4, "--R2_clusters", 17,
+                    "--data_dir", data_dir)
+    one_line_error(proc, "R2 asks for 17 clusters but has only 16 channels per head")
+
+
+@pytest.fixture
+def ppl_run(run_cli, tiny_opt_dir, data_dir, tmp_path):
+    """ppl_run(name, *flags): main.py on the tiny OPT, 2 WikiText-2 windows of 256 tokens: (process, its JSON)."""
+    def run(name, *extra):
+        out = tmp_path / f"{name}.json"
+        proc = run_cli("main.py", tiny_opt_dir, "--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2,
+                       "--seqlen", 256, "--data_dir", data_dir, "--cache_dir", tmp_path / "cache", "--output_path",
+                       out, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc, json.loads(out.read_text())
+
+    return run
+
+
+def test_float_and_reordered_float_runs_agree_and_write_json(ppl_run):
+    proc, fp = ppl_run("fp")
+    assert fp["status"] == "complete" and fp["label"] == "FP-float32"
+    assert fp["ppl"]["wikitext2"]["windows"] == 2 and fp["ppl"]["wikitext2"]["windows_total"] > 2
+    assert "wikitext2" in proc.stdout and f"{fp['ppl']['wikitext2']['ppl']:.2f}" in proc.stdout
+    assert {"torch", "transformers", "lm_eval"} <= set(fp["versions"])
+
+    proc, ro = ppl_run("ro", "--wbits", 16, "--abits", 16, "--reorder", 12345,
+                        "--nsamples", 2, "--R1_clusters", 4, "--R4_clusters", 4, "--R5_clusters", 8)
+    assert "every quantizer off" in proc.stderr
+    assert ro["label"] == "W16A16" and ro["quantization"]["reorder"] == "12345"
+    assert ro["ppl"]["wikitext2"]["ppl"] == pytest.approx(fp["ppl"]["wikitext2"]["ppl"], rel=1e-5)
+
+
+def test_w4a4_run_records_its_mode_and_stage_timings(ppl_run):
+    _, res = ppl_run("w4a4", "--wbits", 4, "--abits", 4, "--nsamples", 2,
+                      "--R1_clusters", 4, "--R4_clusters", 4, "--R5_clusters", 8, "--calib_dataset", "mix")
+    q = res["quantization"]
+    assert (res["label"], q["bit_mode"], q["grid"], q["norm_bits"], q["prob_bits"]) == ("W4A4", "reference",
+                                                                                         "paper", 8, 8)
+    assert {"calibration", "clustering", "weight_quantization", "eval_wikitext2"} <= set(res["timings_s"])
+    assert torch.isfinite(torch.tensor(res["ppl"]["wikitext2"]["ppl"]))
+
+
+def test_smollm2_real_model_short_perplexity_float_and_w4a4(run_cli, smollm2, data_dir, tmp_path):
+    common = ["--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2, "--seqlen", 256, "--data_dir", data_dir,
+              "--cache_dir", tmp_path]
+    ppl = {}
+    for label, flags in (("fp", []), ("w4a4", ["--wbits", 4, "--abits", 4, "--nsamples", 2])):
+        out = tmp_path / f"{label}.json"
+        proc = run_cli("main.py", smollm2, *common, *flags, "--output_path", out, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(out.read_text())
+        assert res["family"] == "llama" and res["status"] == "complete"
+        ppl[label] = res["ppl"]["wikitext2"]["ppl"]
+    assert 3 < ppl["fp"] < 60  # a trained model, unlike a random one (~ vocab size)
+    assert ppl["fp"] < ppl["w4a4"] < 10 * ppl["fp"], ppl  # quantized, still a language model (random: ~50k)
+
+
+def test_a_flag_that_changes_nothing_is_a_note_not_a_refusal(ppl_run):
+    proc, fp = ppl_run("fp-noted", "--nsamples", 128)
+    assert fp["label"] == "FP-float32" and fp["status"] == "complete"
+    assert "main.py: note: --nsamples changes nothing in this run (--wbits 16 --abits 16): ignored" in proc.stderr
