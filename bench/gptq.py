@@ -41,7 +41,7 @@ def main():
 
         linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
                    layer.fc1, layer.fc2]
-        gptq = [GPTQ(lin) for lin in linears]
+        gptq = [GPTQ(lin.in_features) for lin in linears]
         hooks = [lin.register_forward_pre_hook(lambda m, a, g=g: g.add_batch(a[0])) for lin, g in zip(linears, gptq)]
         start = time.perf_counter()
         for x in inputs:  # the layer runs again only to feed the hooks; its own share is taken out below
@@ -52,7 +52,8 @@ def main():
             h.remove()
         start = time.perf_counter()
         for lin, g in zip(linears, gptq):
-            g.quantize(column_groups("cluster", lin.in_features, cluster_index([lin.in_features // 32] * 32)), bits=4)
+            groups = column_groups("cluster", lin.in_features, cluster_index([lin.in_features // 32] * 32))
+            g.quantize(lin, groups, bits=4)
         sync()
         t_quant = time.perf_counter() - start
 

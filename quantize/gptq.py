@@ -46,18 +46,17 @@ def quantize_rtn(linear: nn.Linear, groups, bits, grid="paper"):
 
 
 class GPTQ:
-    """Accumulates the Hessian of one Linear's inputs, then quantizes its weight column by column, spreading
-    each column's rounding error over the columns not yet quantized."""
+    """Accumulates the Hessian of one Linear input (shared by every Linear that reads it: q/k/v, gate/up), then
+    quantizes those Linears' weights column by column, spreading each column's rounding error over the columns not
+    yet quantized."""
 
-    def __init__(self, linear: nn.Linear):
-        self.linear = linear
-        cols = linear.in_features
-        self.H = torch.zeros(cols, cols, device=linear.weight.device)
+    def __init__(self, columns, device="cpu"):
+        self.H = torch.zeros(columns, columns, device=device)
         self.tokens = 0
 
     @torch.no_grad()
     def add_batch(self, x):
-        """x [..., in_features]: keeps H = 2/n * sum(x x^T) over all n tokens seen so far."""
+        """x [..., columns]: keeps H = 2/n * sum(x x^T) over all n tokens seen so far."""
         x = x.reshape(-1, x.shape[-1]).float()
         n = x.shape[0]
         self.H.mul_(self.tokens / (self.tokens + n))
@@ -66,15 +65,17 @@ class GPTQ:
         self.H.addmm_(x.t(), x)
 
     def permute(self, perm):
-        """The Linear's input columns were reordered by perm after the statistics were taken."""
+        """The input's columns were reordered by perm after the statistics were taken."""
         perm = perm.to(self.H.device)
         self.H = self.H[perm][:, perm]
 
     @torch.no_grad()
-    def quantize(self, groups, bits, grid="paper", percdamp=0.01, blocksize=128, act_order=False):
-        """groups: group id per input column. act_order: quantize columns by decreasing Hessian diagonal (the
-        columns whose errors matter most first); their scales stay those of their own groups."""
-        weight = self.linear.weight
+    def quantize(self, linear: nn.Linear, groups, bits, grid="paper", percdamp=0.01, blocksize=128, act_order=False):
+        """Quantize linear's weight in place; returns its (scale, zero) [rows, cols]. groups: group id per input
+        column. act_order: quantize columns by decreasing Hessian diagonal (the columns whose errors matter most
+        first); their scales stay those of their own groups."""
+        weight = linear.weight
+        assert weight.shape[1] == self.H.shape[0], "the Hessian is of another input"
         W = weight.float().clone()
         scale, zero = weight_qparams(W, groups, bits, grid)  # from the original weights, once
         H = self.H.clone()
@@ -106,6 +107,7 @@ class GPTQ:
                 Err1[:, i] = err
             W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # one batched update for the rest
         if act_order:
-            Q = Q[:, torch.argsort(order)]
+            inverse = torch.argsort(order)
+            Q, scale, zero = Q[:, inverse], scale[:, inverse], zero[:, inverse]
         weight.copy_(Q.to(weight.dtype))
-        self.H = None  # free the memory: one GPTQ object quantizes once
+        return scale, zero

@@ -4,12 +4,16 @@ Grids (RPTQ-METHOD.md section 2), both with 2^k signed levels [-2^(k-1), 2^(k-1)
 - "paper": s = (max - min) / 2^k, z = -round((max + min) / (2 s)); the top level maps to 2^(k-1) and is
   clamped, so the reference loses one bin. The default, to reproduce the published numbers.
 - "full":  s = (max - min) / (2^k - 1), z chosen so that min maps to the lowest level: every level is used.
+Scales are clamped to [1e-4, 1e4] and zero points to [-1e4, 1e4], as the reference does
+(quantize/quantizer.py:8, 231): a range of zero (a weight group of one input channel, a constant activation
+channel) still gets 2^k levels 1e-4 apart, so GPTQ can move such a weight column by a few levels.
 """
 import torch
 from torch import nn
 
 GRIDS = ("paper", "full")
-MIN_RANGE = 1e-8  # keeps scales strictly positive for constant channels
+MIN_SCALE, MAX_SCALE = 1e-4, 1e4  # the reference's clamps (its CLIPMIN)
+MAX_ZERO = 1e4
 
 
 def qrange(bits):
@@ -19,17 +23,16 @@ def qrange(bits):
 def choose_qparams(xmin, xmax, bits, grid="paper"):
     """Scale and zero point (same shape as xmin/xmax) for the range [xmin, xmax]."""
     xmin, xmax = xmin.float(), xmax.float()
-    span = (xmax - xmin).clamp(min=MIN_RANGE)
     qmin, _ = qrange(bits)
     if grid == "paper":
-        scale = span / 2 ** bits
-        zero = -torch.round((xmax + xmin) / (2 * scale))
+        scale = ((xmax - xmin) * 2.0 ** -bits).clamp_(MIN_SCALE, MAX_SCALE)
+        zero = (xmax + xmin) * (-0.5 / scale)  # the reference's order of operations: same rounding ties
     elif grid == "full":
-        scale = span / (2 ** bits - 1)
-        zero = qmin - torch.round(xmin / scale)
+        scale = ((xmax - xmin) / (2 ** bits - 1)).clamp_(MIN_SCALE, MAX_SCALE)
+        zero = qmin - xmin / scale
     else:
         raise ValueError(f"unknown grid '{grid}' (choose from {GRIDS})")
-    return scale, zero
+    return scale, zero.clamp_(-MAX_ZERO, MAX_ZERO).round_()
 
 
 def quantize(x, scale, zero, bits):

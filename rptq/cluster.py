@@ -32,7 +32,7 @@ def cluster_channels(features, k, heads=1, name="R"):
     channels = features.shape[0]
     check_cluster_count(k, channels, heads, name)
     per_group = channels // heads
-    points = features.double().numpy()
+    points = features.float().numpy()  # float32 as the reference (reorder_utils.py:98-102): the same partitions
     perm, sizes = [], []
     for h in range(heads):
         labels = kmeans_labels(points[h * per_group:(h + 1) * per_group], k)

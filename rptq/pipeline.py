@@ -64,32 +64,48 @@ def run_layer(layer, inputs, kwargs):
 
 
 @torch.no_grad()
-def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
-    """Steps (a)-(d) on one layer (already on the device); returns the number of clusters of each point."""
-    points = adapter.reorder_points(layer)
-    linears = {id(lin): lin for p in points for lin in p.consumers}
-    use_gptq = cfg.wbits < FLOAT_BITS and cfg.w_quantizer == "gptq"
-
-    t = time.perf_counter()  # (a)
-    observers = {id(s): (s, SiteObserver(s)) for p in points for s in p.sites}
-    gptq, handles = {}, []
-    if use_gptq:
-        for key, lin in linears.items():
-            gptq[key] = GPTQ(lin)
-            handles.append(lin.register_forward_pre_hook(lambda mod, args, g=gptq[key]: g.add_batch(args[0])))
+def observe(layer, sites, hessian_inputs, inputs, kwargs):
+    """Run the layer on its calibration inputs; return per-window [S, C] (min, max) of each site (keyed by id) and
+    the GPTQ Hessian of each point's consumer input (keyed by point name; its consumers all read that input)."""
+    observers = {id(s): SiteObserver(s) for s in sites}
+    hessians = {name: GPTQ(lin.in_features, lin.weight.device) for name, lin in hessian_inputs.items()}
+    handles = [lin.register_forward_pre_hook(lambda mod, args, g=hessians[name]: g.add_batch(args[0]))
+               for name, lin in hessian_inputs.items()]
     run_layer(layer, inputs, kwargs)
-    stats = {key: obs.remove() for key, (_, obs) in observers.items()}
     for h in handles:
         h.remove()
+    return {key: obs.remove() for key, obs in observers.items()}, hessians
+
+
+@torch.no_grad()
+def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
+    """Steps (a)-(d) on one layer (already on the device); returns the number of clusters of each point.
+
+    With quantized probabilities, (a) runs twice, as the reference does (quant_transformer_layer.py:21-60): the
+    float layer gives the clustering features, then the reordered layer with its probabilities on their grid gives
+    the quantizer ranges and the Hessians, so that what follows attention is calibrated on what it will see."""
+    points = adapter.reorder_points(layer)
+    sites = [s for p in points for s in p.sites]
+    use_gptq = cfg.wbits < FLOAT_BITS and cfg.w_quantizer == "gptq"
+    hessian_inputs = {p.name: p.consumers[0] for p in points if p.consumers} if use_gptq else {}
+    prob_pass = cfg.prob_bits is not None
+
+    t = time.perf_counter()  # (a)
+    if prob_pass:
+        stats, hessians = observe(layer, [s for p in points for s in p.cluster_on], {}, inputs, kwargs)
+    else:
+        stats, hessians = observe(layer, sites, hessian_inputs, inputs, kwargs)
     timings["calibration"] += time.perf_counter() - t
 
     t = time.perf_counter()  # (b)
-    index_of, input_clusters = {}, {}
-    for p in points:
-        index_of[p.name] = cluster_point(p, cfg.point_clusters(p.name), stats, gptq)
-        for lin in p.consumers:
-            input_clusters[id(lin)] = per_query_head_clusters(index_of[p.name], p.heads, lin.in_features)
+    index_of = {p.name: cluster_point(p, cfg.point_clusters(p.name), stats, hessians) for p in points}
     timings["clustering"] += time.perf_counter() - t
+
+    if prob_pass:
+        adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
+        t = time.perf_counter()
+        stats, hessians = observe(layer, sites, hessian_inputs, inputs, kwargs)  # already in the new order
+        timings["calibration"] += time.perf_counter() - t
 
     for p in points:  # (c)
         for s in p.sites:
@@ -101,24 +117,24 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
             if not cfg.a_dynamic:
                 quantizer.set_ranges(*cluster_ranges(*stats[id(s)], index, cfg.metric))
             s.attach_quantizer(quantizer)
-    if cfg.prob_bits is not None:
-        adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
 
     t = time.perf_counter()  # (d)
     if cfg.wbits < FLOAT_BITS:
-        for key, lin in linears.items():
-            groups = column_groups(cfg.w_granularity, lin.in_features, input_clusters[key], cfg.groupsize)
-            if use_gptq:
-                gptq[key].quantize(groups, cfg.wbits, cfg.grid, cfg.percdamp, act_order=cfg.act_order)
-            else:
-                quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
+        for p in points:
+            for lin in p.consumers:
+                clusters = per_query_head_clusters(index_of[p.name], p.heads, lin.in_features)
+                groups = column_groups(cfg.w_granularity, lin.in_features, clusters, cfg.groupsize)
+                if use_gptq:
+                    hessians[p.name].quantize(lin, groups, cfg.wbits, cfg.grid, cfg.percdamp, act_order=cfg.act_order)
+                else:
+                    quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
     timings["weight_quantization"] += time.perf_counter() - t
     return {name: int(index.max()) + 1 for name, index in index_of.items()}
 
 
-def cluster_point(point, k, stats, gptq):
+def cluster_point(point, k, stats, hessians):
     """Cluster a point's channels into k per head and reorder them (in the weights, the recorded statistics and
-    the GPTQ Hessians of its consumers); returns the cluster id of each channel in its final order."""
+    the GPTQ Hessian of its consumers' input); returns the cluster id of each channel in its final order."""
     if k == 1:
         return torch.zeros(point.channels, dtype=torch.long)
     perm, sizes = cluster_channels(clustering_features(point, stats), k, point.heads, point.name)
@@ -127,12 +143,12 @@ def cluster_point(point, k, stats, gptq):
         return index[torch.argsort(perm)]  # the same clusters, channels left in place
     apply_reorder(point, perm)
     for s in point.sites:
-        mins, maxs = stats[id(s)]
-        site_perm = per_query_head(perm, point.heads, mins.shape[1])
-        stats[id(s)] = (mins[:, site_perm], maxs[:, site_perm])
-    for lin in point.consumers:
-        if id(lin) in gptq:
-            gptq[id(lin)].permute(per_query_head(perm, point.heads, lin.in_features))
+        if id(s) in stats:
+            mins, maxs = stats[id(s)]
+            site_perm = per_query_head(perm, point.heads, mins.shape[1])
+            stats[id(s)] = (mins[:, site_perm], maxs[:, site_perm])
+    if point.name in hessians:
+        hessians[point.name].permute(per_query_head(perm, point.heads, point.consumers[0].in_features))
     return index
 
 

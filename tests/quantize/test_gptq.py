@@ -25,10 +25,10 @@ def _copy(linear):
 
 
 def _gptq(linear, x, groups, bits, **kw):
-    g = GPTQ(linear)
+    g = GPTQ(linear.in_features)
     for chunk in x.split(256):
         g.add_batch(chunk)
-    g.quantize(groups, bits, **kw)
+    g.quantize(linear, groups, bits, **kw)
     return linear.weight.detach()
 
 
@@ -72,9 +72,9 @@ def test_identity_hessian_makes_gptq_round_to_nearest():
     linear, _ = _layer_and_inputs(2)
     rtn = _copy(linear)
     quantize_rtn(rtn, CLUSTERS, 4)
-    g = GPTQ(linear)
+    g = GPTQ(64)
     g.H = torch.eye(64)  # uncorrelated unit inputs: no error is worth moving to another column
-    g.quantize(CLUSTERS, 4)
+    g.quantize(linear, CLUSTERS, 4)
     assert torch.allclose(linear.weight, rtn.weight, atol=1e-6)
 
 
@@ -90,19 +90,36 @@ def test_act_order_permutation_is_undone():
     # with a diagonal Hessian no error moves between columns, so any column order must give round-to-nearest;
     # a permutation left in place would put columns where their neighbours' values belong
     linear, _ = _layer_and_inputs(4)
-    rtn = _copy(linear)
+    rtn, rtn_original = _copy(linear), linear.weight.detach().clone()
     quantize_rtn(rtn, CLUSTERS, 3)
-    g = GPTQ(linear)
+    g = GPTQ(64)
     g.H = torch.diag(torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.5)
-    g.quantize(CLUSTERS, 3, act_order=True)
+    scale, zero = g.quantize(linear, CLUSTERS, 3, act_order=True)
+    assert torch.equal(scale, weight_qparams(rtn_original, CLUSTERS, 3)[0])  # the scales follow their columns back
     assert torch.allclose(linear.weight, rtn.weight, atol=1e-6)
 
 
 def test_hessian_permutes_with_the_input_columns():
     linear, x = _layer_and_inputs(1)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
-    a, b = GPTQ(linear), GPTQ(linear)
+    a, b = GPTQ(64), GPTQ(64)
     a.add_batch(x)
     a.permute(perm)
     b.add_batch(x[:, perm])
     assert torch.allclose(a.H, b.H, atol=1e-4)
+
+
+def test_a_one_channel_weight_group_keeps_its_levels_1e4_apart():
+    """The reference's scale floor: a group of one input column has a range of zero in every row, yet gets 2^bits
+    levels 1e-4 apart around its value, so GPTQ can still move that column by a few levels."""
+    linear, x = _layer_and_inputs(5)
+    groups = cluster_index([40, 1, 23])  # column 40 is a cluster of its own, after 40 columns whose errors it takes
+    scale, zero = weight_qparams(linear.weight.detach(), groups, bits=4)
+    assert torch.all(scale[:, 40] == 1e-4) and torch.all(scale[:, 0] > 1e-4)
+    levels = (torch.arange(-8, 8) - zero[:, 40:41].double()) * scale[:, 40:41].double()  # [rows, 16]
+    assert torch.allclose(levels.diff(dim=1), torch.full((32, 15), 1e-4, dtype=torch.float64), atol=1e-9)
+    nearest = fake_quantize(linear.weight.detach()[:, 40], scale[:, 40], zero[:, 40], 4)
+    q = _gptq(linear, x, groups, 4)[:, 40]
+    code = q / 1e-4 + zero[:, 40]
+    assert torch.allclose(code, code.round(), atol=1e-2) and code.round().min() >= -8 and code.round().max() <= 7
+    assert ((q - nearest).abs() > 0.9e-4).any()  # and moved off the nearest level by the error feedback

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,21 @@ def test_per_head_clustering_keeps_heads_contiguous():
 def test_more_clusters_than_channels_is_a_clear_error():
     with pytest.raises(ClusterError, match="R2 asks for 9 clusters but has only 8 channels per head"):
         cluster_channels(torch.randn(16, 4), 9, heads=2, name="R2")
+
+
+def test_kmeans_sees_float32_features_as_the_reference(monkeypatch):
+    """float64 features pick other local optima (15 of 32 clusters shared on a real layer): the reference
+    clusters float32 (reorder_utils.py:98-102)."""
+    import rptq.cluster
+
+    seen = []
+    real = rptq.cluster.KMeans
+
+    class Spy(real):
+        def fit(self, X, y=None, sample_weight=None):
+            seen.append(X.dtype)
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(rptq.cluster, "KMeans", Spy)
+    cluster_channels(torch.randn(32, 4, dtype=torch.float64), 3, heads=2)
+    assert seen == [np.float32, np.float32]

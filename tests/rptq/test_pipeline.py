@@ -99,3 +99,41 @@ def test_weight_only_runs_use_the_asked_weight_groups(opt_case, quantized, granu
     fc1 = q.model.decoder.layers[0].fc1.weight  # 64 input columns: R4's 4 clusters, or 2 groups of 32
     assert all(row.unique().numel() <= groups_per_row * 2 ** 3 for row in fc1)
     assert _ppl(q, test) != _ppl(model, test)
+
+
+def _out_proj_inputs(model, windows):
+    """What out_proj receives on each window, before any quantizer of its own."""
+    seen = []
+    attn = model.model.decoder.layers[0].self_attn
+    handle = attn.out_proj.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()),
+                                                     prepend=True)
+    with torch.no_grad():
+        for w in windows:
+            model(w[None])
+    handle.remove()
+    return torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])  # [tokens, channels]
+
+
+@pytest.mark.parametrize("bit_mode", ["reference", "strict"])
+def test_out_proj_ranges_come_from_the_layer_with_quantized_probabilities(tiny_opt, quantized, bit_mode):
+    """As the reference (quant_transformer_layer.py:21-60): the ranges after attention are taken on the reordered
+    float layer whose probabilities are already on their grid, not on the float pass used for clustering."""
+    model = tiny_opt(layers=1)
+    calib = torch.randint(0, 512, (3, 96), generator=torch.Generator().manual_seed(1))
+    q, _ = quantized(model, calib, wbits=16, abits=4, metric="minmax", bit_mode=bit_mode)
+    quant = q.model.decoder.layers[0].self_attn.out_proj.rptq_input_quant
+    scales = torch.zeros(quant.n_clusters).scatter_reduce(0, quant.index, quant.scale, "amax")
+    probe = q  # the same reordered float weights, every activation quantizer made the identity (in place: a deep
+    for m in probe.modules():  # copy's hooks would still call the original quantizers)
+        if type(m).__name__ == "ActQuantizer":
+            m.forward = lambda x: x
+    x = _out_proj_inputs(probe, calib)
+
+    def spans(x):  # per cluster (max - min) over all tokens and the cluster's channels
+        lo = torch.full((quant.n_clusters,), float("inf")).scatter_reduce(0, quant.index, x.amin(0), "amin")
+        hi = torch.full((quant.n_clusters,), float("-inf")).scatter_reduce(0, quant.index, x.amax(0), "amax")
+        return hi - lo
+
+    assert torch.allclose(scales, spans(x) / 16, rtol=1e-5)
+    del probe.model.decoder.layers[0].self_attn.rptq_prob_quant  # float probabilities: other ranges
+    assert not torch.allclose(scales, spans(_out_proj_inputs(probe, calib)) / 16, rtol=1e-3)
