@@ -25,7 +25,7 @@ def run(args, given=frozenset()):
     from models import load_model, weights_source
     from rptq.evaluate import perplexity, zero_shot
     from rptq.pipeline import check_clusters, quantize_model
-    from rptq.report import format_table
+    from rptq.report import format_table, interval_text
     from rptq.tasks import plan_tasks
 
     # unknown task names and unreadable task files fail before the model loads
@@ -69,8 +69,8 @@ def run(args, given=frozenset()):
             rec["ppl"][name_out] = res
             rec["timings_s"][f"eval_{name_out}"] = res["seconds"]
             record.write(out, rec)
-            rows.append([name_out, f"{res['ppl']:.2f}", f"{res['windows']}/{res['windows_total']}",
-                         f"{res['seconds_per_window']:.2f}"])
+            rows.append([name_out, f"{res['ppl']:.2f}", interval_text(res["ppl_ci95"]),
+                         f"{res['windows']}/{res['windows_total']}", f"{res['seconds_per_window']:.2f}"])
     task_rows = []
     if args.tasks:
         zs = zero_shot(model, tokenizer, task_plan, args.num_fewshot, args.limit, args.batch_size, device)
@@ -84,7 +84,7 @@ def run(args, given=frozenset()):
     record.write(out, rec)
     print(f"\n{args.model}  {label}  {cfg.mode_line() if run_rptq else ''}")
     if rows:
-        print(format_table(["eval", "value", "windows", "s/window"], rows))
+        print(format_table(["eval", "ppl", "95% interval", "windows", "s/window"], rows))
     if task_rows:
         print(format_table(["task", "acc %", "acc_norm %", "ppl", "examples"], task_rows))
         print(f"lm-evaluation-harness {zs['harness_version']}, {zs['num_fewshot']}-shot, batch size {zs['batch_size']}")

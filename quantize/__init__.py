@@ -2,6 +2,7 @@
 from .gptq import GPTQ, GRANULARITIES, GPTQError, column_groups, quantize_rtn, weight_qparams
 from .quantizer import (
                         GRIDS,
+                        RANGES,
                         ActQuantizer,
                         ProbQuantizer,
                         choose_qparams,
@@ -13,6 +14,6 @@ from .quantizer import (
                         reduce_channels,
 )
 
-__all__ = ["GPTQ", "GRANULARITIES", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS",
+__all__ = ["GPTQ", "GRANULARITIES", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS", "RANGES",
            "ActQuantizer", "ProbQuantizer", "choose_qparams", "cluster_index", "cluster_minmax", "dequantize",
            "fake_quantize", "quantize", "reduce_channels"]

@@ -73,22 +73,26 @@ def reduce_channels(ch_min, ch_max, index, n_clusters):
     return lo, hi
 
 
-class ActQuantizer(nn.Module):
-    """Fake-quantizes the last dimension of an activation with one (scale, zero) per channel cluster.
+RANGES = ("static", "dynamic", "token")
 
-    Static: ranges come from calibration through set_ranges(). Dynamic: ranges are taken from each forward's
-    own tensor (all its tokens), still per cluster.
+
+class ActQuantizer(nn.Module):
+    """Fake-quantizes the last dimension of an activation with one (scale, zero) per channel group.
+
+    ranges: "static": per group, calibrated through set_ranges(); "dynamic": per group, from each forward's own
+    tensor (all its tokens); "token": per token over all channels, from each forward (no groups: index unused).
     """
 
-    def __init__(self, bits, index, grid="paper", dynamic=False):
-        """index [C]: cluster id (0..n-1) of each channel; clusters need not be contiguous."""
+    def __init__(self, bits, index, grid="paper", ranges="static"):
+        """index [C]: group id (0..n-1) of each channel; groups need not be contiguous."""
         super().__init__()
-        self.bits, self.grid, self.dynamic = bits, grid, dynamic
+        assert ranges in RANGES, f"ranges is one of {RANGES}"
+        self.bits, self.grid, self.ranges = bits, grid, ranges
         self.n_clusters = int(index.max()) + 1
         self.register_buffer("index", index.clone())
         self.register_buffer("scale", torch.ones(len(index)))
         self.register_buffer("zero", torch.zeros(len(index)))
-        self.calibrated = dynamic
+        self.calibrated = ranges != "static"
 
     @torch.no_grad()
     def set_ranges(self, xmin, xmax):
@@ -99,7 +103,10 @@ class ActQuantizer(nn.Module):
         self.calibrated = True
 
     def forward(self, x):
-        if self.dynamic:
+        if self.ranges == "token":
+            scale, zero = choose_qparams(x.amin(-1, keepdim=True), x.amax(-1, keepdim=True), self.bits, self.grid)
+            return fake_quantize(x, scale, zero, self.bits)
+        if self.ranges == "dynamic":
             lo, hi = cluster_minmax(x, self.index, self.n_clusters)
             scale, zero = choose_qparams(lo, hi, self.bits, self.grid)
             return fake_quantize(x, scale[self.index], zero[self.index], self.bits)
@@ -108,8 +115,8 @@ class ActQuantizer(nn.Module):
         return fake_quantize(x, self.scale, self.zero, self.bits)
 
     def extra_repr(self):
-        mode = "dynamic" if self.dynamic else "static"
-        return f"bits={self.bits}, clusters={self.n_clusters}, grid={self.grid}, {mode}"
+        groups = "per token" if self.ranges == "token" else f"clusters={self.n_clusters}"
+        return f"bits={self.bits}, {groups}, grid={self.grid}, {self.ranges}"
 
 
 class ProbQuantizer(nn.Module):

@@ -20,6 +20,10 @@ NORM_BITS_REFERENCE = 8  # the reference keeps LayerNorm outputs at max(8, abits
 METRICS = ("minmax", "ema_minmax")
 BIT_MODES = ("reference", "strict")
 W_QUANTIZERS = ("gptq", "normal")
+# Activation groups per reorder point: K-means clusters after a reorder (RPTQ), or the controls: as many contiguous
+# fixed groups in the original order (per-vector ranges), one group per channel (static per-channel ranges), or
+# dynamic ranges per token (as OmniQuant and QuaRot).
+A_GRANULARITIES = ("cluster", "fixed", "channel", "token")
 DTYPES = ("float32", "float16", "bfloat16")
 # A mode flag that cannot hold in a run is a contradiction and refused; any other idle flag only gets a note,
 # so that shell sweeps can pass the same flags to every setting, as the authors' scripts do.
@@ -40,6 +44,7 @@ class RPTQConfig:
     percdamp: float = 0.01
     only_quant_kv: bool = False       # quantize weights and K/V only (the W4A4KV rows)
     a_dynamic: bool = False
+    a_granularity: str = "cluster"    # activation groups: "cluster", "fixed", "channel" or "token"
     grid: str = "paper"               # or "full": the 2^k - 1 grid
     bit_mode: str = "reference"       # or "strict": norm outputs and probabilities at abits too
     device: str = "cpu"
@@ -63,7 +68,15 @@ class RPTQConfig:
         return PROB_BITS_REFERENCE if self.bit_mode == "reference" else self.abits
 
     def point_clusters(self, name):
+        """Clusters (or fixed groups) per head at a reorder point; a point left out of --reorder has one."""
         return self.clusters[name] if name[1] in self.reorder else 1
+
+    @property
+    def act_ranges(self):
+        """The activation quantizers' ranges: static (calibrated), dynamic per group, or dynamic per token."""
+        if self.a_granularity == "token":
+            return "token"
+        return "dynamic" if self.a_dynamic else "static"
 
     def describe(self):
         """Every quantizer setting that produced a number, for its label."""
@@ -72,7 +85,8 @@ class RPTQConfig:
                 "groupsize": self.groupsize if self.w_granularity == "group" else None,
                 "act_order": self.act_order, "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid,
                 "bit_mode": self.bit_mode,
-                "a_dynamic": self.a_dynamic, "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
+                "a_dynamic": self.a_dynamic, "a_granularity": self.a_granularity,
+                "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
                 "clusters": {p: self.point_clusters(p) for p in POINTS},
                 "norm_bits": self.site_bits("norm"), "prob_bits": self.prob_bits}
 
@@ -84,7 +98,10 @@ class RPTQConfig:
                                                                                   else ""))
         if self.abits < FLOAT_BITS:
             parts.append("KV cache only" if self.only_quant_kv else f"{self.bit_mode} activation bits")
-            parts.append("dynamic ranges" if self.a_dynamic else f"{self.metric} ranges")
+            parts.append({"token": "dynamic ranges per token", "dynamic": "dynamic ranges",
+                          "static": f"{self.metric} ranges"}[self.act_ranges])
+            if self.a_granularity in ("fixed", "channel"):
+                parts.append(f"{self.a_granularity} activation groups")
         parts.append(f"reorder {self.reorder or 'none'}")
         return f"({', '.join(parts)})"
 
@@ -116,6 +133,11 @@ def build_parser(prog="main.py", description=None):
     g.add_argument("--a_dynamic", action="store_true",
                    help="activation ranges from each forward, not calibration (so decoding token by token with "
                         "the KV cache no longer equals a full forward)")
+    g.add_argument("--a_granularity", choices=A_GRANULARITIES, default="cluster",
+                   help="activation groups at each reorder point: K-means clusters after a reorder (RPTQ); as many "
+                        "contiguous groups in the original order, no reorder (fixed); one per channel (channel); or "
+                        "dynamic per-token ranges (token). With fixed, channel and token, weight groups "
+                        "(--w_granularity cluster) are the fixed groups")
     g.add_argument("--grid", choices=GRIDS, default="paper",
                    help="paper: scale = range / 2^k as the reference; full: range / (2^k - 1)")
     g.add_argument("--bit_mode", choices=BIT_MODES, default="reference",
@@ -180,7 +202,8 @@ def idle_flags(args, given):
         "nsamples": rptq, "seed": rptq, "calib_dataset": rptq,
         "w_quantizer": weights, "w_granularity": weights, "groupsize": weights and args.w_granularity == "group",
         "percdamp": weights and args.w_quantizer == "gptq", "act_order": weights and args.w_quantizer == "gptq",
-        "metric": acts and not args.a_dynamic, "only_quant_kv": acts, "a_dynamic": acts,
+        "metric": acts and not args.a_dynamic and args.a_granularity != "token", "only_quant_kv": acts,
+        "a_dynamic": acts and args.a_granularity != "token", "a_granularity": rptq,
         "bit_mode": acts and not args.only_quant_kv, "grid": weights or acts,
         "ppl_datasets": args.eval_ppl, "num_fewshot": bool(args.tasks), "batch_size": bool(args.tasks),
         **{f"R{i}_clusters": rptq and str(i) in reorder_points(args) for i in range(1, 6)},
@@ -236,7 +259,8 @@ def rptq_config(args, device):
                       clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
                       metric=args.metric, w_quantizer=args.w_quantizer, percdamp=args.percdamp,
                       w_granularity=args.w_granularity, groupsize=args.groupsize, act_order=args.act_order,
-                      only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, grid=args.grid,
+                      only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, a_granularity=args.a_granularity,
+                      grid=args.grid,
                       bit_mode=args.bit_mode, device=device)
 
 

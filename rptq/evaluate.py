@@ -14,9 +14,24 @@ from rptq.tasks import TaskError
 METRICS = ("acc", "acc_norm", "perplexity")
 
 
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def ppl_interval(nlls):
+    """(standard error of the mean window NLL, 95% interval of the perplexity, exp(mean NLL +- 1.96 SE)); None for
+    fewer than two windows. Windows of one text are not independent samples, so this is a guide, not a guarantee."""
+    n = len(nlls)
+    if n < 2:
+        return None, None
+    mean = sum(nlls) / n
+    sem = math.sqrt(sum((x - mean) ** 2 for x in nlls) / (n - 1) / n)
+    return sem, [math.exp(mean - Z95 * sem), math.exp(mean + Z95 * sem)]
+
+
 @torch.no_grad()
 def perplexity(model, windows, device="cpu", limit=None, desc="ppl", progress=True):
-    """exp of the mean token NLL over the windows run ([n, seqlen] token ids, each scored on its own).
+    """exp of the mean token NLL over the windows run ([n, seqlen] token ids, each scored on its own), with each
+    window's NLL and a 95% interval.
 
     With limit=N only the first N windows run and the mean is over those N, not the full count.
     """
@@ -29,8 +44,10 @@ def perplexity(model, windows, device="cpu", limit=None, desc="ppl", progress=Tr
         nlls.append(F.cross_entropy(logits[0, :-1].float(), ids[0, 1:]).item())
     seconds = time.perf_counter() - start
     nll = sum(nlls) / n
-    return {"ppl": math.exp(nll), "nll": nll, "windows": n, "windows_total": len(windows),
-            "seqlen": windows.shape[1], "seconds": seconds, "seconds_per_window": seconds / n}
+    sem, interval = ppl_interval(nlls)
+    return {"ppl": math.exp(nll), "ppl_ci95": interval, "nll": nll, "nll_sem": sem, "windows": n,
+            "windows_total": len(windows), "seqlen": windows.shape[1], "seconds": seconds,
+            "seconds_per_window": seconds / n, "nlls": nlls}
 
 
 # Warnings that are routine here (a model object, task configs built in code, num_fewshot always passed, stock YAMLs

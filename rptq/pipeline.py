@@ -9,6 +9,7 @@ Only the current layer sits on the device."""
 import time
 from collections import defaultdict
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -67,7 +68,8 @@ def run_layer(layer, inputs, kwargs):
 def observe(layer, sites, hessian_inputs, inputs, kwargs):
     """Run the layer on its calibration inputs; return per-window [S, C] (min, max) of each site (keyed by id) and
     the GPTQ Hessian of each point's consumer input (keyed by point name; its consumers all read that input)."""
-    observers = {id(s): SiteObserver(s) for s in sites}
+    observers = {id(s): s for s in sites}  # a site given twice is observed once
+    observers = {key: SiteObserver(s) for key, s in observers.items()}
     hessians = {name: GPTQ(lin.in_features, lin.weight.device) for name, lin in hessian_inputs.items()}
     handles = [lin.register_forward_pre_hook(lambda mod, args, g=hessians[name]: g.add_batch(args[0]))
                for name, lin in hessian_inputs.items()]
@@ -79,50 +81,64 @@ def observe(layer, sites, hessian_inputs, inputs, kwargs):
 
 @torch.no_grad()
 def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
-    """Steps (a)-(d) on one layer (already on the device); returns the number of clusters of each point.
+    """Steps (a)-(d) on one layer (already on the device); returns the number of groups of each point.
 
-    With quantized probabilities, (a) runs twice, as the reference does (quant_transformer_layer.py:21-60): the
-    float layer gives the clustering features, then the reordered layer with its probabilities on their grid gives
-    the quantizer ranges and the Hessians, so that what follows attention is calibrated on what it will see."""
+    Calibration follows the reference (quant_transformer_layer.py:21-60): the clusters come from the float layer,
+    while the quantizer ranges and the GPTQ Hessians come from the reordered layer with everything that needs no
+    calibration already in place (the probabilities on their grid, dynamic activation quantizers), so that each
+    tensor is calibrated on what it will see. With nothing of the kind, or nothing clustered, one pass serves both."""
     points = adapter.reorder_points(layer)
-    sites = [s for p in points for s in p.sites]
+    sites = [s for p in points for s in p.sites if cfg.site_bits(s.kind) is not None]
     use_gptq = cfg.wbits < FLOAT_BITS and cfg.w_quantizer == "gptq"
     hessian_inputs = {p.name: p.consumers[0] for p in points if p.consumers} if use_gptq else {}
-    prob_pass = cfg.prob_bits is not None
+    static = cfg.act_ranges == "static"
+    clustered = cfg.a_granularity == "cluster" and any(cfg.point_clusters(p.name) > 1 for p in points)
+    in_place_first = cfg.prob_bits is not None or (sites and not static)
+    observed = sites if static else []
 
-    t = time.perf_counter()  # (a)
-    if prob_pass:
-        stats, hessians = observe(layer, [s for p in points for s in p.cluster_on], {}, inputs, kwargs)
-    else:
-        stats, hessians = observe(layer, sites, hessian_inputs, inputs, kwargs)
-    timings["calibration"] += time.perf_counter() - t
-
-    t = time.perf_counter()  # (b)
-    index_of = {p.name: cluster_point(p, cfg.point_clusters(p.name), stats, hessians) for p in points}
-    timings["clustering"] += time.perf_counter() - t
-
-    if prob_pass:
-        adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
-        t = time.perf_counter()
-        stats, hessians = observe(layer, sites, hessian_inputs, inputs, kwargs)  # already in the new order
+    if clustered:
+        t = time.perf_counter()  # (a)
+        if in_place_first:
+            stats, hessians = observe(layer, [s for p in points for s in p.cluster_on], {}, inputs, kwargs)
+        else:
+            stats, hessians = observe(layer, [*observed, *(s for p in points for s in p.cluster_on)], hessian_inputs,
+                                      inputs, kwargs)
         timings["calibration"] += time.perf_counter() - t
+        t = time.perf_counter()  # (b)
+        dtype = kmeans_dtype(layer)
+        index_of = {p.name: cluster_point(p, cfg.point_clusters(p.name), stats, hessians, dtype) for p in points}
+        timings["clustering"] += time.perf_counter() - t
+    else:
+        index_of = {p.name: fixed_groups(p, cfg.point_clusters(p.name), cfg.a_granularity) for p in points}
 
+    quantizers = {}
     for p in points:  # (c)
         for s in p.sites:
             bits = cfg.site_bits(s.kind)
-            if bits is None:
-                continue
-            index = per_query_head_clusters(index_of[p.name], p.heads, p.channels * s.group)
-            quantizer = ActQuantizer(bits, index, cfg.grid, cfg.a_dynamic).to(cfg.device)
-            if not cfg.a_dynamic:
-                quantizer.set_ranges(*cluster_ranges(*stats[id(s)], index, cfg.metric))
+            if bits is not None:
+                index = per_query_head_clusters(index_of[p.name], p.heads, p.channels * s.group)
+                quantizers[id(s)] = (s, ActQuantizer(bits, index, cfg.grid, cfg.act_ranges).to(cfg.device))
+    if cfg.prob_bits is not None:
+        adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
+    if not static:
+        for s, quantizer in quantizers.values():
+            s.attach_quantizer(quantizer)
+    if in_place_first or not clustered:
+        t = time.perf_counter()
+        stats, hessians = observe(layer, observed, hessian_inputs, inputs, kwargs)  # already in the new order
+        timings["calibration"] += time.perf_counter() - t
+    if static:
+        for s, quantizer in quantizers.values():
+            quantizer.set_ranges(*cluster_ranges(*stats[id(s)], quantizer.index, cfg.metric))
             s.attach_quantizer(quantizer)
 
     t = time.perf_counter()  # (d)
     if cfg.wbits < FLOAT_BITS:
         for p in points:
+            weight_groups = (fixed_groups(p, cfg.point_clusters(p.name), "fixed")
+                             if cfg.a_granularity in ("channel", "token") else index_of[p.name])
             for lin in p.consumers:
-                clusters = per_query_head_clusters(index_of[p.name], p.heads, lin.in_features)
+                clusters = per_query_head_clusters(weight_groups, p.heads, lin.in_features)
                 groups = column_groups(cfg.w_granularity, lin.in_features, clusters, cfg.groupsize)
                 if use_gptq:
                     hessians[p.name].quantize(lin, groups, cfg.wbits, cfg.grid, cfg.percdamp, act_order=cfg.act_order)
@@ -132,12 +148,32 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     return {name: int(index.max()) + 1 for name, index in index_of.items()}
 
 
-def cluster_point(point, k, stats, hessians):
+def kmeans_dtype(layer):
+    """The precision the reference's K-means works in (reorder_utils.py:98-102): its features are in the model's
+    dtype and sklearn keeps float32 but promotes float16 to float64."""
+    return np.float32 if next(layer.parameters()).dtype == torch.float32 else np.float64
+
+
+def fixed_groups(point, k, granularity):
+    """Group ids of a point's channels in their original order, without clustering: k contiguous groups of (nearly)
+    equal size per head ("fixed"), one group per channel ("channel"), or one group ("token": its quantizers take
+    per-token ranges and ignore groups)."""
+    if granularity == "channel":
+        return torch.arange(point.channels)
+    if granularity == "token" or k == 1:
+        return torch.zeros(point.channels, dtype=torch.long)
+    check_cluster_count(k, point.channels, point.heads, point.name)
+    per_head = point.channels // point.heads
+    within = torch.arange(per_head) * k // per_head
+    return (within + k * torch.arange(point.heads).unsqueeze(1)).reshape(-1)
+
+
+def cluster_point(point, k, stats, hessians, dtype=np.float32):
     """Cluster a point's channels into k per head and reorder them (in the weights, the recorded statistics and
     the GPTQ Hessian of its consumers' input); returns the cluster id of each channel in its final order."""
     if k == 1:
         return torch.zeros(point.channels, dtype=torch.long)
-    perm, sizes = cluster_channels(clustering_features(point, stats), k, point.heads, point.name)
+    perm, sizes = cluster_channels(clustering_features(point, stats), k, point.heads, point.name, dtype)
     index = cluster_index(sizes)  # in the new order
     if not point.folds:
         return index[torch.argsort(perm)]  # the same clusters, channels left in place

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import datautils
 
+from .evaluate import Z95
 from .record import is_complete
 from .sweep import ROOT, TASKS
 
@@ -24,6 +25,15 @@ def format_table(header, rows):
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def half_width(stderr):
+    """' +-x' in points: the 95% half-width of an accuracy from its standard error (nothing when unknown)."""
+    return f" ±{100 * Z95 * stderr:.1f}" if isinstance(stderr, float) else ""
+
+
+def interval_text(interval):
+    return "-" if not interval else f"{interval[0]:.2f}-{interval[1]:.2f}"
 
 
 def csv_text(rows):
@@ -121,7 +131,8 @@ def ppl_cells(records, paper):
             header.append(f"{paper[col][0]} {col}")
         for name, record in records.items():
             res = next((r for label, r in (record or {}).get("ppl", {}).items() if dataset_base(label) == col), {})
-            cells[name].append(number(res.get("ppl")))
+            interval = res.get("ppl_ci95")
+            cells[name].append(number(res.get("ppl")) + (f" [{interval_text(interval)}]" if interval else ""))
             if col in paper:
                 cells[name].append(number(paper[col][1].get(name)))
     notes = [f"{label} is not the paper's data set: its paper column is a reference only"
@@ -144,7 +155,7 @@ def zero_shot_cells(records, paper, tasks):
         header += [paper[task][0]] if task in paper else []
         for name, record in records.items():
             ours = task_results(record).get(task, {})
-            cells[name] += [number(ours.get(m), 100) for m in metrics]
+            cells[name] += [number(ours.get(m), 100) + half_width(ours.get(f"{m}_stderr")) for m in metrics]
             cells[name] += [number(paper[task][1].get(name))] if task in paper else []
     return header, cells, [f"{task} data: {source_text(m['source'])}" for task, m in found.items() if m.get("source")]
 
@@ -194,6 +205,7 @@ def describe_runs(table, records):
                                  f"tokens, seed {s.get('seed')}")
     mode = ", ".join(f"{key} {over(quantized, lambda q: fmt(q.get(key)))}"
                      for key, fmt in (("grid", given), ("bit_mode", given), ("w_quantizer", given),
+                                      ("a_granularity", lambda g: g or "cluster"),
                                       ("reorder", lambda r: r or "none"),
                                       ("clusters", lambda c: " ".join(f"{p}:{k}" for p, k in (c or {}).items()))))
     floats = [n for n in done if n not in quantized]
@@ -220,6 +232,8 @@ def render(table, model, records, paper, paper_note, tasks=TASKS):
                             else zero_shot_cells(records, paper, tasks))
     rows = [[name + ("" if not r or is_complete(r) else " (incomplete)"), *cells[name]]
             for name, r in records.items()]
-    meta = describe_runs(table, records) + [f"paper numbers: {paper_note}"] + notes
+    intervals = ("in brackets: 95% interval, exp(mean window NLL ± 1.96 standard errors over the windows run)"
+                 if table == "ppl" else "±: 95% half-width, 1.96 times the harness's standard error")
+    meta = describe_runs(table, records) + [intervals, f"paper numbers: {paper_note}"] + notes
     return "\n".join([f"## {model_name(model)}: {TITLES[table]}", "", *(f"- {m}" for m in meta), "",
                       markdown_table(["setting", *header], rows)]) + "\n"

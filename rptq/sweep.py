@@ -26,12 +26,22 @@ SETTINGS = {
     "W4A4KV": ["--wbits", "4", "--abits", "4", "--only_quant_kv"],
     "W4A3KV": ["--wbits", "4", "--abits", "3", "--only_quant_kv"],
     "W3A3KV": ["--wbits", "3", "--abits", "3", "--only_quant_kv"],
-    # ablations: activations alone, and one cluster per reorder point (nothing reordered)
+    # ablations: activations alone, and one cluster per reorder point (nothing reordered: per-tensor ranges)
     "W16A4": ["--abits", "4"],
     "W16A4-noreorder": ["--abits", "4", "--reorder", ""],
     "W4A4-noreorder": ["--wbits", "4", "--abits", "4", "--reorder", ""],
     "W4A3KV-noreorder": ["--wbits", "4", "--abits", "3", "--only_quant_kv", "--reorder", ""],
+    # every activation at the stated bits: LayerNorm outputs and probabilities too (OmniQuant's "RPTQ*")
+    "W16A4-strict": ["--abits", "4", "--bit_mode", "strict"],
+    "W4A4-strict": ["--wbits", "4", "--abits", "4", "--bit_mode", "strict"],
+    # the calibration seed's effect (the default seed is 2)
+    "W4A4-seed3": ["--wbits", "4", "--abits", "4", "--seed", "3"],
+    "W4A4-seed4": ["--wbits", "4", "--abits", "4", "--seed", "4"],
 }
+# the controls for clustering: as many fixed contiguous groups, one group per channel, dynamic per-token ranges
+CONTROLS = ("fixed", "channel", "token")
+SETTINGS.update({f"{base}-{g}": [*SETTINGS[base], "--a_granularity", g]
+                 for base in ("W16A4", "W4A4", "W4A3KV") for g in CONTROLS})
 PAPER_ROWS = ("FP16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
 TASKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq")
 SWEEP_FLAGS = {"output_path", "eval_ppl", "tasks"}  # set by the sweep itself, never after --

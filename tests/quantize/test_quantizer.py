@@ -60,11 +60,14 @@ def test_out_of_range_values_clamp(grid):
     assert out[0] == lo[0] and out[1] == hi[0]
 
 
-def test_scales_stay_positive_on_constant_channels():
-    xmin = torch.tensor([0.0, 5.0, -3.0])
+def test_constant_channels_get_the_references_clamped_scale_and_zero():
+    """As the reference (quantizer.py:8, 231): scale >= 1e-4 and |zero| <= 1e4, so a constant channel is kept to
+    1e-4 while |value| <= 1, and a larger one is clamped to the edge of that grid."""
+    xmin = torch.tensor([0.0, 0.37, -0.5, 5.0])
     scale, zero = choose_qparams(xmin, xmin.clone(), 4)
-    assert (scale > 0).all() and torch.isfinite(zero).all()
-    assert torch.allclose(fake_quantize(xmin, scale, zero, 4), xmin, atol=1e-6)
+    assert torch.equal(scale, torch.full((4,), 1e-4)) and zero.abs().max() == 1e4
+    out = fake_quantize(xmin, scale, zero, 4)
+    assert torch.allclose(out[:3], xmin[:3], atol=1e-4) and out[3].item() == pytest.approx((7 + 1e4) * 1e-4)
 
 
 def test_cluster_minmax_reduces_over_tokens_and_cluster_channels():
@@ -90,11 +93,21 @@ def test_per_cluster_beats_per_tensor_on_channels_of_different_ranges():
 
 
 def test_dynamic_quantizer_uses_each_tensors_own_ranges():
-    q = ActQuantizer(8, cluster_index([2, 2]), dynamic=True)
+    q = ActQuantizer(8, cluster_index([2, 2]), ranges="dynamic")
     x = torch.tensor([[0.0, 1.0, -50.0, 50.0]])
     y = q(x)
     assert (y[0, :2] - x[0, :2]).abs().max() < 1 / 256 + 1e-6  # small cluster keeps a fine step
     assert torch.allclose(q(3 * x), 3 * y, atol=1e-4)  # ranges follow the tensor, not a calibration
+
+
+def test_token_ranges_are_each_tokens_own_over_all_channels():
+    q = ActQuantizer(4, torch.zeros(4, dtype=torch.long), ranges="token")
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.2], [-100.0, 0.0, 50.0, 100.0]])
+    y = q(x)
+    assert (y[0] - x[0]).abs().max() <= 3.2 / 16 + 1e-6  # the small token keeps its own fine step (the paper grid
+    # loses its top bin: up to one step at the maximum)
+    assert torch.equal(q(x[:1]), y[:1])  # a token's result does not depend on the others: decoding is causal-safe
+    assert (y[1] - x[1]).abs().max() <= 200 / 16 + 1e-4 and (y[1] - x[1]).abs().max() > 1
 
 
 def test_static_quantizer_refuses_to_run_uncalibrated():

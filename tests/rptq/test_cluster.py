@@ -4,6 +4,7 @@ import torch
 
 from quantize import ActQuantizer, cluster_index
 from rptq.cluster import ClusterError, cluster_channels
+from rptq.pipeline import kmeans_dtype
 from rptq.stats import channel_ranges, cluster_ranges
 
 
@@ -60,9 +61,9 @@ def test_more_clusters_than_channels_is_a_clear_error():
         cluster_channels(torch.randn(16, 4), 9, heads=2, name="R2")
 
 
-def test_kmeans_sees_float32_features_as_the_reference(monkeypatch):
-    """float64 features pick other local optima (15 of 32 clusters shared on a real layer): the reference
-    clusters float32 (reorder_utils.py:98-102)."""
+def test_kmeans_works_in_the_references_precision(monkeypatch):
+    """float32 and float64 pick other local optima (15 of 32 clusters shared on a real layer). The reference's
+    features are in the model's dtype (reorder_utils.py:98-102): sklearn keeps float32 and makes float16 float64."""
     import rptq.cluster
 
     seen = []
@@ -75,4 +76,6 @@ def test_kmeans_sees_float32_features_as_the_reference(monkeypatch):
 
     monkeypatch.setattr(rptq.cluster, "KMeans", Spy)
     cluster_channels(torch.randn(32, 4, dtype=torch.float64), 3, heads=2)
-    assert seen == [np.float32, np.float32]
+    cluster_channels(torch.randn(32, 4), 3, dtype=kmeans_dtype(torch.nn.Linear(2, 2).half()))
+    assert seen == [np.float32, np.float32, np.float64]
+    assert kmeans_dtype(torch.nn.Linear(2, 2)) == np.float32

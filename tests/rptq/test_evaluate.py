@@ -3,12 +3,13 @@ import json
 import math
 import pathlib
 import socket
+import statistics
 
 import pytest
 import torch
 
 import rptq.tasks
-from rptq.evaluate import perplexity, zero_shot
+from rptq.evaluate import perplexity, ppl_interval, zero_shot
 from rptq.tasks import LOCAL_TASKS, plan_tasks
 
 
@@ -26,6 +27,15 @@ def test_perplexity_matches_an_independent_computation(model_and_windows):
     res = perplexity(model, windows, progress=False)
     assert res["windows"] == res["windows_total"] == 5
     assert res["ppl"] == pytest.approx(math.exp(sum(losses) / 5), rel=1e-5)
+    assert res["nlls"] == pytest.approx(losses, rel=1e-5)  # every window's NLL is kept
+
+
+def test_the_interval_comes_from_the_standard_error_of_the_window_nlls():
+    nlls = [2.0, 2.2, 2.4, 2.6]
+    sem, (lo, hi) = ppl_interval(nlls)
+    assert sem == pytest.approx(statistics.stdev(nlls) / 2)
+    assert (lo, hi) == pytest.approx((math.exp(2.3 - 1.959964 * sem), math.exp(2.3 + 1.959964 * sem)))
+    assert ppl_interval([2.0]) == (None, None)
 
 
 def test_limit_averages_over_the_windows_it_ran(model_and_windows):

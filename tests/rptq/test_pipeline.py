@@ -79,7 +79,7 @@ def test_cached_generation_equals_the_full_forward(opt_case, quantized, cached_a
 def test_dynamic_activations_need_no_calibrated_ranges(opt_case, quantized):
     model, calib, test = opt_case
     q, _ = quantized(model, calib, wbits=16, abits=4, a_dynamic=True)
-    assert q.model.decoder.layers[0].fc2.rptq_input_quant.dynamic
+    assert q.model.decoder.layers[0].fc2.rptq_input_quant.ranges == "dynamic"
     assert math.isfinite(_ppl(q, test))
 
 
@@ -137,3 +137,30 @@ def test_out_proj_ranges_come_from_the_layer_with_quantized_probabilities(tiny_o
     assert torch.allclose(scales, spans(x) / 16, rtol=1e-5)
     del probe.model.decoder.layers[0].self_attn.rptq_prob_quant  # float probabilities: other ranges
     assert not torch.allclose(scales, spans(_out_proj_inputs(probe, calib)) / 16, rtol=1e-3)
+
+
+@pytest.mark.parametrize("granularity, r5_groups", [("fixed", 8), ("channel", 256), ("token", 1)])
+def test_activation_group_controls_keep_the_channel_order(opt_case, quantized, granularity, r5_groups):
+    """The controls for clustering: the same number of contiguous groups in the original order, one group per
+    channel, or per-token ranges; nothing is reordered, and weights take the fixed groups."""
+    model, calib, test = opt_case
+    q, report = quantized(model, calib, wbits=4, abits=4, a_granularity=granularity, w_quantizer="normal")
+    layer = q.model.decoder.layers[0]
+    assert not hasattr(layer.self_attn_layer_norm, "rptq_perm")  # no reorder anywhere
+    assert torch.equal(layer.self_attn.q_proj.bias, model.model.decoder.layers[0].self_attn.q_proj.bias)
+    fc2 = layer.fc2.rptq_input_quant
+    assert report["clusters_per_layer"][0]["R5"] == r5_groups
+    if granularity == "fixed":
+        assert fc2.index.tolist() == [c // 32 for c in range(256)]  # 8 contiguous groups of 32
+    assert fc2.ranges == ("token" if granularity == "token" else "static")
+    fc1 = layer.fc1.weight  # R4's 4 fixed groups of 16 input columns, whatever the activation groups
+    for row in fc1[:4]:
+        assert all(row[g * 16:(g + 1) * 16].unique().numel() <= 16 for g in range(4))
+    assert math.isfinite(_ppl(q, test))
+
+
+def test_per_token_ranges_keep_cached_decoding_equal_to_the_full_forward(opt_case, quantized, cached_and_full_logits):
+    model, calib, test = opt_case
+    q, _ = quantized(model, calib, wbits=4, abits=4, a_granularity="token", w_quantizer="normal")
+    cached, full, _ = cached_and_full_logits(q, test[:1, :16], pad_token_id=1)
+    assert torch.allclose(cached, full, atol=1e-4)

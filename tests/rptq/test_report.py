@@ -16,7 +16,7 @@ def ppl_record(setting, status="complete", quantized=True):
                 "dtype": "float32", "device": "cpu"}
     quantization = {"grid": "paper", "bit_mode": "reference", "w_quantizer": "gptq", "reorder": "12345",
                     "clusters": {"R1": 32, "R2": 4, "R3": 4, "R4": 32, "R5": 32}} if quantized else None
-    res = {"windows": 2, "windows_total": 141}
+    res = {"windows": 2, "windows_total": 141, "ppl_ci95": [14.01, 16.333]}
     return {"model": MODEL, "label": setting, "status": status, "settings": settings, "quantization": quantization,
             "ppl": {"wikitext2": {"ppl": 15.123, **res}, "c4-proxy": {"ppl": 16.5, "windows": 2, "windows_total": 256}}}
 
@@ -34,9 +34,9 @@ def test_ppl_table_puts_the_papers_numbers_beside_ours(paper_dir, markdown_row):
     text = render("ppl", MODEL, records, paper, note)
     header = markdown_row(text, "setting")
     assert header == ["setting", "wikitext2", "paper wikitext2", "c4-proxy", "paper c4"]  # the sets measured
-    assert markdown_row(text, "FP16") == ["FP16", "15.12", "14.63", "16.50", "14.72"]
+    assert markdown_row(text, "FP16") == ["FP16", "15.12 [14.01-16.33]", "14.63", "16.50", "14.72"]
     assert markdown_row(text, "W4A8") == ["W4A8", "-", "15.39", "-", "15.48"]
-    assert markdown_row(text, "W4A4 (incomplete)")[1:3] == ["15.12", "16.88"]
+    assert markdown_row(text, "W4A4 (incomplete)")[1:3] == ["15.12 [14.01-16.33]", "16.88"]
     for expected in ("windows run/total wikitext2 2/141, c4-proxy 2/256", "seqlen 2048", "--limit 2",
                      "calibration: mix, 16 windows of 2048 tokens, seed 2", "float32 on cpu", "grid paper",
                      "reorder 12345", "clusters R1:32 R2:4 R3:4 R4:32 R5:32", "FP16: float model, no RPTQ",
@@ -55,7 +55,7 @@ def test_zero_shot_table_shows_task_labels_and_readme_numbers_where_the_paper_ha
     text = render("zeroshot", MODEL, records, paper, note, ["piqa", "boolq"])
     assert markdown_row(text, "setting") == ["setting", "piqa (local validation files) acc", "acc_norm", "paper",
                                     "boolq acc", "README"]  # boolq has no acc_norm here
-    assert markdown_row(text, "FP16") == ["FP16", "70.00", "71.50", "72.47", "60.00", "57.73"]
+    assert markdown_row(text, "FP16") == ["FP16", "70.00 ±2.0", "71.50", "72.47", "60.00", "57.73"]
     assert markdown_row(text, "W4A4") == ["W4A4", "-", "-", "68.66", "-", "52.84"]
     for expected in ("examples run/total piqa 50/1838, boolq 50/3270", "limit 50", "harness_version 0.4.13",
                      "piqa data: kind local, files /d/piqa/valid.jsonl, /d/piqa/valid-labels.lst, split val"):
