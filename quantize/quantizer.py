@@ -4,16 +4,17 @@ Grids (RPTQ-METHOD.md section 2), both with 2^k signed levels [-2^(k-1), 2^(k-1)
 - "paper": s = (max - min) / 2^k, z = -round((max + min) / (2 s)); the top level maps to 2^(k-1) and is
   clamped, so the reference loses one bin. The default, to reproduce the published numbers.
 - "full":  s = (max - min) / (2^k - 1), z chosen so that min maps to the lowest level: every level is used.
-Scales are clamped to [1e-4, 1e4] and zero points to [-1e4, 1e4], as the reference does
-(quantize/quantizer.py:8, 231): a range of zero (a weight group of one input channel, a constant activation
-channel) still gets 2^k levels 1e-4 apart, so GPTQ can move such a weight column by a few levels.
+Scales are clamped to [1e-4, 1e4], as the reference does (its quantizer.py:8, 230): a range of zero (a weight group
+of one input channel, a constant activation channel) still gets 2^k levels 1e-4 apart, so GPTQ can move such a
+weight column by a few levels. The reference also clamps the zero point to [-1e4, 1e4] (its quantizer.py:231); with
+the floor, that puts any value beyond about +-1 in such a group off its grid (SmolLM2 has thousands of weights
+beyond 1: W4A16 goes from 35 to 3606), so that clamp is not reproduced.
 """
 import torch
 from torch import nn
 
 GRIDS = ("paper", "full")
 MIN_SCALE, MAX_SCALE = 1e-4, 1e4  # the reference's clamps (its CLIPMIN)
-MAX_ZERO = 1e4
 
 
 def qrange(bits):
@@ -32,7 +33,7 @@ def choose_qparams(xmin, xmax, bits, grid="paper"):
         zero = qmin - xmin / scale
     else:
         raise ValueError(f"unknown grid '{grid}' (choose from {GRIDS})")
-    return scale, zero.clamp_(-MAX_ZERO, MAX_ZERO).round_()
+    return scale, zero.round_()
 
 
 def quantize(x, scale, zero, bits):
