@@ -13,7 +13,9 @@ from rptq.cli import check_positions, dtype_name, guarded, note, pick_device
 PROG = "main.py"
 
 
-def run(args, given=frozenset()):
+def run(args, given=frozenset(), written=None):
+    """One run; `written` collects the result file once something finished is in it."""
+    written = [] if written is None else written
     for line in config.check_args(args, given):
         note(PROG, line)
     device, dtype = pick_device(args.device, args.dtype)
@@ -22,26 +24,29 @@ def run(args, given=frozenset()):
     datautils.check_sources(config.ppl_sets(args) if args.eval_ppl else (),
                             args.calib_dataset if run_rptq else None, data_dir)
 
-    from models import load_model, weights_source
+    from models import empty_model, load_config, load_model, weights_source
     from rptq.evaluate import perplexity, zero_shot
+    from rptq.files import check_writable
     from rptq.pipeline import check_clusters, quantize_model
     from rptq.report import format_table, interval_text
     from rptq.tasks import plan_tasks
 
-    # unknown task names and unreadable task files fail before the model loads
-    task_plan = plan_tasks(config.task_names(args), data_dir, args.num_fewshot) if args.tasks else None
+    # everything that can fail is checked before the model loads: its config, task names and files, the output
+    model_config, adapter = load_config(args.model)
+    check_positions(model_config, args.model, args.seqlen)
     cfg = config.rptq_config(args, device)
+    if run_rptq:
+        check_clusters(empty_model(model_config), adapter, cfg)
+    task_plan = plan_tasks(config.task_names(args), data_dir, args.num_fewshot) if args.tasks else None
     label = cfg.label if run_rptq else f"FP-{dtype_name(dtype)}"
     quantization = cfg.describe() if run_rptq else None
     calibration = {k: getattr(args, k) for k in ("calib_dataset", "nsamples", "seed")} if run_rptq else {}
     out = record.output_file(args, label, {"quantization": quantization, "dtype": dtype_name(dtype),
                                            "seqlen": args.seqlen, "limit": args.limit, **calibration})
+    check_writable(out)
 
     t0 = time.perf_counter()
-    model, tokenizer, adapter = load_model(args.model, dtype)
-    check_positions(model, args.model, args.seqlen)
-    if run_rptq:
-        check_clusters(model, adapter, cfg)
+    model, tokenizer, _ = load_model(args.model, dtype)
     rec = record.new_record(args.model, weights_source(args.model), adapter.family, label,
                             record.settings_of(args, device, dtype_name(dtype)), quantization, config.run_data(args))
     rec["timings_s"]["load"] = time.perf_counter() - t0
@@ -58,6 +63,7 @@ def run(args, given=frozenset()):
         rec["timings_s"].update(report["timings_s"])
         rec["clusters_per_layer"] = report["clusters_per_layer"]
         record.write(out, rec)
+        written.append(out)
     model.to(device)
 
     rows = []
@@ -69,6 +75,7 @@ def run(args, given=frozenset()):
             rec["ppl"][name_out] = res
             rec["timings_s"][f"eval_{name_out}"] = res["seconds"]
             record.write(out, rec)
+            written.append(out)
             rows.append([name_out, f"{res['ppl']:.2f}", interval_text(res["ppl_ci95"]),
                          f"{res['windows']}/{res['windows_total']}", f"{res['seconds_per_window']:.2f}"])
     task_rows = []
@@ -95,8 +102,13 @@ def run(args, given=frozenset()):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = config.build_parser(PROG, __doc__.splitlines()[0]).parse_args(argv)
-    return guarded(PROG, lambda: run(args, config.given_flags(argv)),
-                   "results finished so far are in the JSON file, if any finished")
+    written = []
+
+    def kept():
+        return (f"what finished is in {written[-1]} (status: running)" if written
+                else "nothing had finished, no results file was written")
+
+    return guarded(PROG, lambda: run(args, config.given_flags(argv), written), kept)
 
 
 if __name__ == "__main__":

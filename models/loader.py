@@ -1,5 +1,6 @@
 """Resolve a model name to weights, a tokenizer and its family adapter; fail fast when the hub is unreachable."""
 import importlib.util
+import json
 from functools import partial
 from pathlib import Path
 
@@ -83,9 +84,45 @@ def load_tokenizer(name):
     return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
+def _check_config_file(path):
+    """A folder's config.json must be a JSON object naming its architecture; say so in one line if not."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path} is not valid JSON ({e}); restore the model folder's config.json") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ModelError(f"{path} names no model_type (such as \"opt\" or \"llama\"): it is not a Hugging Face "
+                         "model config; restore the model folder's config.json")
+
+
+def load_config(name):
+    """(architecture config, family adapter) of a model: the one place that reads model configs, quick enough to
+    check a run's settings against the model before its weights load."""
+    from transformers import AutoConfig
+
+    source, kwargs = resolve(name)
+    if "gguf_file" not in kwargs and Path(source).is_dir():
+        _check_config_file(Path(source) / "config.json")
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as e:  # transformers' many ways of saying the config is unusable
+        raise ModelError(f"cannot read the config of {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                         ) from None
+    return config, adapter_for(config)
+
+
+def empty_model(config):
+    """The model's modules with no weights (on the meta device): enough to read shapes before anything loads."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def load_model(name, dtype=torch.float32):
     """Return (model, tokenizer, adapter); the model stays on the CPU in eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
@@ -94,7 +131,7 @@ def load_model(name, dtype=torch.float32):
         import transformers.modeling_gguf_pytorch_utils as gguf_loading
 
         gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey the switch above
-    adapter = adapter_for(AutoConfig.from_pretrained(source, **kwargs))
+    _, adapter = load_config(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).eval()

@@ -24,11 +24,12 @@ def _one_line_errors():
 
 
 def guarded(prog, body, interrupted="finished results are kept"):
-    """body() -> exit code; a one-line error is printed as such with exit code 2, Ctrl-C with 130."""
+    """body() -> exit code; a one-line error is printed as such with exit code 2, Ctrl-C with 130.
+    interrupted: what is kept after a Ctrl-C, or a function that says it when asked."""
     try:
         return body()
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted() if callable(interrupted) else interrupted}", file=sys.stderr)
         return 130
     except Exception as e:
         if not isinstance(e, UsageError) and not isinstance(e, _one_line_errors()):
@@ -63,7 +64,7 @@ def dtype_name(dtype):
     return str(dtype).split(".")[-1]
 
 
-def check_positions(model, name, seqlen):
-    max_positions = getattr(model.config, "max_position_embeddings", None)
+def check_positions(config, name, seqlen):
+    max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions is not None and seqlen > max_positions:
         raise UsageError(f"--seqlen {seqlen} is longer than {name}'s {max_positions} positions")

@@ -12,8 +12,8 @@ def check_cluster_count(k, channels, heads=1, name="R"):
     assert channels % heads == 0, f"{name}: {channels} channels do not split into {heads} heads"
     per_group = channels // heads
     if k > per_group:
-        where = f"per head ({heads} heads of {per_group} channels)" if heads > 1 else f"({per_group} channels)"
-        raise ClusterError(f"{name} asks for {k} clusters but has only {per_group} channels {where}; "
+        where = f" per head ({heads} heads)" if heads > 1 else ""
+        raise ClusterError(f"{name} asks for {k} clusters but has only {per_group} channels{where}; "
                            f"lower --{name}_clusters")
 
 

@@ -23,5 +23,22 @@ def atomic_write(path, write, binary=False):
         raise
 
 
+def check_writable(path, what="--output_path"):
+    """Refuse now, with one line, a file that could not be written when its results are ready: a folder that cannot
+    be made or written, a parent that is a file, a path that is a folder. Writes and removes a probe file."""
+    from .cli import UsageError
+
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder, not a file: give a .json file name or a folder name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{what} {path} cannot be written ({e.strerror or e}): choose another place") from None
+
+
 def write_text(path, text):
     atomic_write(path, lambda f: f.write(text))

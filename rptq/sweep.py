@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import config, record
 from .cli import UsageError, dtype_name, pick_device
+from .cluster import ClusterError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "main.py"
@@ -138,6 +139,7 @@ def plan_runs(model, runs, eval_flags, extra, out_dir):
         if flag_name(g) in owned:
             raise SweepError(f"-- {g[0]}: the sweep sets it itself (choose the settings or options instead)")
     extra_names = {flag_name(g) for g in groups}
+    check_clusters = cluster_checker(model)
     plans, idle_everywhere = [], set(extra_names)
     for name, flags in runs.items():
         path = out_dir / f"{name}.json"
@@ -151,7 +153,9 @@ def plan_runs(model, runs, eval_flags, extra, out_dir):
             config.check_args(args, given)
             device, dtype = pick_device(args.device, args.dtype)
             data = config.run_data(args)
-        except UsageError as e:
+            if check_clusters and config.runs_rptq(args):
+                check_clusters(config.rptq_config(args, device))
+        except (UsageError, ClusterError) as e:
             raise SweepError(f"{name}: {e}") from None
         settings = record.settings_of(args, device, dtype_name(dtype))
         plans.append(Run(name, argv, path, sorted(idle & extra_names), resume_action(path, settings, data)))
@@ -159,6 +163,24 @@ def plan_runs(model, runs, eval_flags, extra, out_dir):
         raise SweepError(f"-- {' '.join('--' + f for f in sorted(idle_everywhere))} would change nothing in any "
                          f"of {', '.join(runs)}: drop it")
     return plans
+
+
+def cluster_checker(model):
+    """A check of a run's cluster counts against the model's shapes, from its config alone; None when the config
+    cannot be read here (a hub model that is not cached: main.py says so at once, before any work)."""
+    from models import ModelError, empty_model, load_config
+    from models.loader import hub_names
+
+    from .pipeline import check_clusters
+
+    try:
+        model_config, adapter = load_config(model)
+    except ModelError:
+        if model in hub_names():
+            return None
+        raise
+    skeleton = empty_model(model_config)
+    return lambda cfg: check_clusters(skeleton, adapter, cfg)
 
 
 def run_main(argv):

@@ -19,7 +19,7 @@ import torch
 import datautils
 from models import model_names
 from rptq.cli import OneLineParser, UsageError, check_positions, guarded, pick_device
-from rptq.files import atomic_write
+from rptq.files import atomic_write, check_writable
 
 PROG = "channel_ranges.py"
 
@@ -88,7 +88,7 @@ def choose_points(args, model, adapter):
     layers = adapter.layers(model)
     if args.layer >= len(layers):
         raise UsageError(f"--layer {args.layer} is out of range: {args.model} has layers 0..{len(layers) - 1}")
-    check_positions(model, args.model, args.seqlen)
+    check_positions(model.config, args.model, args.seqlen)
     declared = {p.name: p for p in adapter.reorder_points(layers[args.layer])}
     unknown = [n for n in point_names(args) if n not in declared]
     if unknown:
@@ -206,6 +206,11 @@ def run(args):
     device, _ = pick_device(args.device)  # the float model stays float32: it is only observed
     data_dir = datautils.resolve_data_dir(args.data_dir)
     datautils.check_sources(calib_set=args.calib_dataset, data_dir=data_dir)
+    model_name = Path(args.model.rstrip("/")).name
+    png = Path(args.output or f"results/figures/{model_name}_channel_ranges.png")
+    csv_path = png.with_suffix(".csv")
+    for path in (png, csv_path):
+        check_writable(path, "--output")
 
     from models import load_model
 
@@ -217,9 +222,6 @@ def run(args):
     stats = observe(model, adapter, windows, args.layer, points, device)
     panels = cluster_panels(adapter.layers(model)[args.layer], chosen, stats)
 
-    model_name = Path(args.model.rstrip("/")).name
-    png = Path(args.output or f"results/figures/{model_name}_channel_ranges.png")
-    csv_path = png.with_suffix(".csv")
     source = "local text" if data_dir is not None else "hub"
     title = (f"{model_name}, layer {args.layer}, {', '.join(p.name for p in points)}: per-channel activation range "
              f"over {args.nsamples} {args.calib_dataset} calibration windows of {args.seqlen} tokens ({source})")

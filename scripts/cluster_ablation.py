@@ -16,7 +16,7 @@ from pathlib import Path
 import datautils
 from rptq.cli import OneLineParser, guarded
 from rptq.config import DEFAULT_CLUSTERS
-from rptq.files import atomic_write, write_text
+from rptq.files import atomic_write, check_writable, write_text
 from rptq.report import csv_text, dataset_base, model_name, summarize
 from rptq.sweep import SETTINGS, SweepError, split_extra, sweep
 
@@ -128,6 +128,7 @@ def main(argv=None, runner=None):
     def body():
         clusters, points = cluster_list(args.clusters), point_list(args.points)
         out_dir = Path(args.out or Path("out") / "cluster_ablation" / model_name(args.model) / args.dataset)
+        check_writable(out_dir / "clusters.csv", "--out")
         rc, records = sweep(args.model, ablation_runs(points, clusters),
                                   ["--eval_ppl", "--ppl_datasets", args.dataset], extra, out_dir, args.render_only,
                                   runner)

@@ -14,6 +14,7 @@ import datautils
 from models import model_names
 from rptq.cli import OneLineParser, UsageError, check_positions, guarded, pick_device
 from rptq.config import DTYPES
+from rptq.files import check_writable
 
 PROG = "prob_grid.py"
 
@@ -51,6 +52,8 @@ def run(args):
     device, dtype = pick_device(args.device, args.dtype)
     data_dir = datautils.resolve_data_dir(args.data_dir)
     datautils.check_sources([args.dataset], None, data_dir)
+    if args.output:
+        check_writable(args.output, "--output")
 
     from models import load_model
     from quantize import ProbQuantizer
@@ -60,7 +63,7 @@ def run(args):
     from rptq.report import format_table
 
     model, tokenizer, adapter = load_model(args.model, dtype)
-    check_positions(model, args.model, args.seqlen)
+    check_positions(model.config, args.model, args.seqlen)
     model.to(device)
     windows = datautils.get_eval_windows(args.dataset, tokenizer, args.seqlen, data_dir, args.cache_dir)
     label = datautils.eval_label(args.dataset, data_dir)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from rptq.cli import OneLineParser, guarded
-from rptq.files import write_text
+from rptq.files import check_writable, write_text
 from rptq.report import PAPER_DIR, TITLES, load_paper, model_name, render
 from rptq.sweep import PAPER_ROWS, SETTINGS, TASKS, SweepError, split_extra, sweep
 
@@ -63,12 +63,14 @@ def main(argv=None, runner=None):
         out_dir = Path(args.out or Path("out") / "sweep" / model_name(args.model) / args.table)
         paper, note = load_paper(paper_folder(args.paper_dir), args.table, args.model)
         eval_flags = ["--eval_ppl"] if args.table == "ppl" else ["--tasks", ",".join(tasks)]
+        markdown = Path(args.markdown) if args.markdown else out_dir / "table.md"
+        check_writable(out_dir / "table.md", "--out")  # before hours of runs, not after
+        check_writable(markdown, "--markdown")
         rc, records = sweep(args.model, {n: SETTINGS[n] for n in names}, eval_flags, extra, out_dir,
                             args.render_only, runner)
         if rc:
             return rc
         text = render(args.table, args.model, records, paper, note, tasks)
-        markdown = Path(args.markdown) if args.markdown else out_dir / "table.md"
         write_text(markdown, text)
         print(f"\n{text}\ntable: {markdown}")
         return 0

@@ -90,3 +90,88 @@ def test_a_flag_that_changes_nothing_is_a_note_not_a_refusal(ppl_run):
     proc, fp = ppl_run("fp-noted", "--nsamples", 128)
     assert fp["label"] == "FP-float32" and fp["status"] == "complete"
     assert "main.py: note: --nsamples changes nothing in this run (--wbits 16 --abits 16): ignored" in proc.stderr
+
+
+@pytest.fixture
+def earlier_result(tmp_path):
+    """A result file from an earlier run in the output folder: no failing run may damage it."""
+    path = tmp_path / "out" / "earlier.json"
+    path.parent.mkdir()
+    path.write_text('{"status": "complete"}\n')
+    yield path
+    assert path.read_text() == '{"status": "complete"}\n'
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("under_a_file/run.json", "cannot be written"),
+    ("a_folder.json", "is a folder, not a file"),
+    ("/proc/rptq-run.json", "cannot be written"),  # a folder no one may write, even root
+])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(run_cli, one_line_error, tiny_opt_dir,
+                                                                         data_dir, earlier_result, where, expected):
+    folder = earlier_result.parent
+    (folder / "under_a_file").write_text("")
+    (folder / "a_folder.json").mkdir()
+    start = time.time()
+    proc = run_cli("main.py", tiny_opt_dir, "--wbits", 4, "--abits", 4, "--eval_ppl", "--data_dir", data_dir,
+                   "--output_path", folder / where if not where.startswith("/") else where)
+    one_line_error(proc, expected)
+    assert "--output_path" in proc.stderr and time.time() - start < 120
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "is not valid JSON"),
+    ('{"hidden_size": 64}', "names no model_type"),
+    ("[1, 2]", "names no model_type"),
+])
+def test_a_broken_config_is_one_line(run_cli, one_line_error, tiny_opt_dir, tmp_path, content, expected):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(content)
+    one_line_error(run_cli("main.py", folder, "--eval_ppl"), expected)
+
+
+def test_cluster_counts_are_checked_from_the_config_before_the_weights(run_cli, one_line_error, tiny_opt_dir,
+                                                                        tmp_path, data_dir):
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_opt_dir / "config.json").read_text())  # no weights at all
+    proc = run_cli("main.py", folder, "--eval_ppl", "--wbits", 4, "--abits", 4, "--R2_clusters", 17,
+                   "--data_dir", data_dir)
+    one_line_error(proc, "R2 asks for 17 clusters but has only 16 channels per head (4 heads)")
+
+
+def test_text_that_does_not_decode_is_refused_before_quantizing(run_cli, one_line_error, tiny_opt_dir, data_dir,
+                                                                 tmp_path, earlier_result):
+    data = tmp_path / "data"
+    for f in ("wikitext-2-raw/wiki.test.raw", "wikitext-2/wiki.valid.tokens", "ptb/ptb.test.txt",
+              "c4/c4-train.00000-of-01024.first1000.jsonl"):
+        (data / f).parent.mkdir(parents=True, exist_ok=True)
+        (data / f).write_bytes((data_dir / f).read_bytes())
+    (data / "wikitext-2-raw/wiki.test.raw").write_bytes(b"caf\xe9 " * 10)  # Latin-1, not UTF-8
+    proc = run_cli("main.py", tiny_opt_dir, "--wbits", 4, "--abits", 4, "--eval_ppl", "--ppl_datasets", "wikitext2",
+                   "--data_dir", data, "--output_path", earlier_result.parent)
+    one_line_error(proc, "wiki.test.raw is not UTF-8 text")
+
+
+def test_an_interrupt_before_anything_finished_says_so(root, tiny_opt_dir, data_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen([sys.executable, str(root / "main.py"), str(tiny_opt_dir), "--wbits", "4", "--abits",
+                             "4", "--nsamples", "64", "--seqlen", "512", "--eval_ppl", "--data_dir", str(data_dir),
+                             "--cache_dir", str(tmp_path), "--output_path", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "RPTQ W4A4" not in seen:  # the layer loop has started
+        char = proc.stderr.read(1)
+        assert char, seen
+        seen += char
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    assert rest.strip().splitlines()[-1] == ("main.py: interrupted; nothing had finished, no results file was "
+                                             "written") and "Traceback" not in rest
+    assert not out.exists()

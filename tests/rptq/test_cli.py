@@ -34,6 +34,6 @@ def test_device_and_dtype_choice():
 
 def test_seqlen_longer_than_the_positions_is_refused(tiny_opt):
     model = tiny_opt(layers=1)
-    check_positions(model, "tiny", 2048)
+    check_positions(model.config, "tiny", 2048)
     with pytest.raises(UsageError, match="--seqlen 4096 is longer than tiny's 2048 positions"):
-        check_positions(model, "tiny", 4096)
+        check_positions(model.config, "tiny", 4096)
