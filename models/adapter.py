@@ -89,6 +89,8 @@ class DecoderAdapter:
         raise NotImplementedError
 
     def reorder_points(self, layer) -> list[ReorderPoint]:
+        """R1..R5 in forward order; the last point's last consumer is the layer's last Linear (calibration passes
+        stop at its input)."""
         raise NotImplementedError
 
     def attention(self, layer) -> nn.Module:

@@ -5,19 +5,22 @@ It also exposes the query and key as they reach attention (after any rotary embe
 holds them) to hooks registered with register_tensor_hook: that is where Llama-family Q/K are observed and
 quantized.
 
-Quantized probabilities must be materialized, so no fused kernel applies. To stay close to the speed of one,
-queries run in blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible (for a causal
-mask: up to the block's last row). Skipped keys would get probability exactly 0, so the result is the same.
+Without a probability quantizer, the attention itself is torch's fused scaled_dot_product_attention. Quantized
+probabilities must be materialized, so no fused kernel applies: to stay close to the speed of one, queries run in
+blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible (for a causal mask: up to the block's
+last row; skipped keys would get probability exactly 0), the mask added only from its first non-zero column, and
+grouped-query heads reading their K/V head without copying it.
 """
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 ATTN_IMPLEMENTATION = "rptq_eager"
-QUERY_BLOCK = 256
+QUERY_BLOCK = 128  # a [heads, 128, keys] score block stays in cache; 256 stalls on memory
 ATTENTION_TENSORS = ("query", "key")
 
 
@@ -43,34 +46,61 @@ def apply_tensor_hooks(module, name, x):
     return flat.view(b, t, h, d).transpose(1, 2)
 
 
-def visible_key_count(mask, r0, r1):
-    """How many leading keys any query row in [r0, r1) can see under an additive mask [b, 1, q, k]."""
-    if mask is None:
-        return None
-    seen = (mask[..., r0:r1, :] > torch.finfo(mask.dtype).min).flatten(0, -2).any(0)
-    cols = seen.nonzero()
-    return int(cols[-1]) + 1 if len(cols) else 1
+def block_plan(mask, t, keys):
+    """Per block of query rows under an additive mask [b, 1, t, keys]: (r0, r1, visible keys, first column the mask
+    changes). Every layer gets the same mask object in one forward, so the plan is made once and kept on it."""
+    tag = (QUERY_BLOCK, t, keys)
+    kept = getattr(mask, "rptq_block_plan", None)
+    if kept is not None and kept[0] == tag:
+        return kept[1]
+    plan = []
+    for r0 in range(0, t, QUERY_BLOCK):
+        r1 = min(r0 + QUERY_BLOCK, t)
+        if mask is None:
+            plan.append((r0, r1, keys, keys))
+            continue
+        rows = mask[..., r0:r1, :].flatten(0, -2)
+        seen = (rows > torch.finfo(mask.dtype).min).any(0).nonzero()
+        s = int(seen[-1]) + 1 if len(seen) else 1
+        masked = (rows[:, :s] != 0).any(0).nonzero()
+        plan.append((r0, r1, s, int(masked[0]) if len(masked) else s))
+    if mask is not None:
+        mask.rptq_block_plan = (tag, plan)
+    return plan
+
+
+def blocked_attention(query, key, value, attention_mask, scaling, prob_quant=None):
+    """query [b, h, t, d], key/value [b, h_kv, s, d] -> [b, t, h, d], the probabilities materialized block by block
+    (and quantized by prob_quant when given)."""
+    b, h, t, d = query.shape
+    kv_heads = key.shape[1]
+    groups = h // kv_heads  # grouped-query attention: one K/V head serves `groups` query heads
+    grouped = query.view(b, kv_heads, groups, t, d)
+    out = query.new_empty(b, t, h, value.shape[-1])
+    out_grouped = out.view(b, t, kv_heads, groups, value.shape[-1])
+    for r0, r1, s, first_masked in block_plan(attention_mask, t, key.shape[2]):
+        n = r1 - r0
+        q = (grouped[:, :, :, r0:r1] * scaling).reshape(b, kv_heads, groups * n, d)  # scale the smaller
+        scores = torch.matmul(q, key[:, :, :s].transpose(-1, -2))  # [b, kv_heads, groups * n, s]
+        if attention_mask is not None and first_masked < s:
+            scores.view(b, kv_heads, groups, n, s)[..., first_masked:] += \
+                attention_mask[..., r0:r1, first_masked:s].unsqueeze(1)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        if prob_quant is not None:
+            probs = prob_quant(probs)
+        block = torch.matmul(probs.to(value.dtype), value[:, :, :s])  # [b, kv_heads, groups * n, dv]
+        out_grouped[:, r0:r1] = block.view(b, kv_heads, groups, n, -1).permute(0, 3, 1, 2, 4)
+    return out
 
 
 def quantized_prob_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned."""
     query, key = apply_tensor_hooks(module, "query", query), apply_tensor_hooks(module, "key", key)
-    b, h, t, _ = query.shape
-    groups = h // key.shape[1]  # grouped-query attention: one K/V head serves `groups` Q heads
-    if groups > 1:
-        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     prob_quant = getattr(module, "rptq_prob_quant", None)
-    out = query.new_empty(b, h, t, value.shape[-1])
-    for r0 in range(0, t, QUERY_BLOCK):
-        r1 = min(r0 + QUERY_BLOCK, t)
-        s = visible_key_count(attention_mask, r0, r1) or key.shape[2]
-        scores = torch.matmul(query[:, :, r0:r1] * scaling, key[:, :, :s].transpose(-1, -2))  # scale the smaller
-        if attention_mask is not None:
-            scores += attention_mask[..., r0:r1, :s]
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-        if prob_quant is not None:
-            probs = prob_quant(probs)
-        out[:, :, r0:r1] = torch.matmul(probs.to(value.dtype), value[:, :, :s])
+    if prob_quant is not None:
+        return blocked_attention(query, key, value, attention_mask, scaling, prob_quant), None
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                         enable_gqa=key.shape[1] != query.shape[1])
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from .quantizer import choose_qparams, fake_quantize, reduce_channels
+from .quantizer import choose_qparams, fake_quantize, qrange, reduce_channels
 
 GRANULARITIES = ("cluster", "channel", "group")
 
@@ -92,19 +92,19 @@ class GPTQ:
             raise GPTQError(f"GPTQ: the Hessian of a {tuple(weight.shape)} weight is not positive definite ({e}); "
                             "raise --percdamp") from None
 
-        Q = torch.zeros_like(W)
+        qmin, qmax = qrange(bits)
+        lo, hi = qmin - zero, qmax - zero  # fake_quantize's clamp bounds, once for all columns
+        Q = torch.empty_like(W)
         cols = W.shape[1]
         for i1 in range(0, cols, blocksize):
             i2 = min(i1 + blocksize, cols)
             W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-            Err1 = torch.zeros_like(W1)
+            Err1 = torch.empty_like(W1)
             for i in range(i2 - i1):
-                w = W1[:, i]
-                q = fake_quantize(w, scale[:, i1 + i], zero[:, i1 + i], bits)
-                Q[:, i1 + i] = q
-                err = (w - q).div_(Hinv1[i, i])
+                c = i1 + i
+                q = torch.div(W1[:, i], scale[:, c], out=Q[:, c]).round_().clamp_(lo[:, c], hi[:, c]).mul_(scale[:, c])
+                err = torch.sub(W1[:, i], q, out=Err1[:, i]).div_(Hinv1[i, i])
                 W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # lazy update inside the block
-                Err1[:, i] = err
             W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # one batched update for the rest
         if act_order:
             inverse = torch.argsort(order)

@@ -26,6 +26,10 @@ class _Captured(Exception):
     pass
 
 
+class _Observed(Exception):
+    """Raised once the last observed tensor of a layer has been seen: the rest of its forward is not needed."""
+
+
 @torch.no_grad()
 def capture_layer_inputs(model, adapter, windows, device):
     """Run the embeddings on each window and keep what the first decoder layer receives."""
@@ -65,15 +69,25 @@ def run_layer(layer, inputs, kwargs):
 
 
 @torch.no_grad()
-def observe(layer, sites, hessian_inputs, inputs, kwargs):
+def observe(layer, sites, hessian_inputs, inputs, kwargs, last):
     """Run the layer on its calibration inputs; return per-window [S, C] (min, max) of each site (keyed by id) and
-    the GPTQ Hessian of each point's consumer input (keyed by point name; its consumers all read that input)."""
+    the GPTQ Hessian of each point's consumer input (keyed by point name; its consumers all read that input).
+    last: the layer's last Linear; nothing observed comes after its input, so each forward stops there."""
     observers = {id(s): s for s in sites}  # a site given twice is observed once
     observers = {key: SiteObserver(s) for key, s in observers.items()}
     hessians = {name: GPTQ(lin.in_features, lin.weight.device) for name, lin in hessian_inputs.items()}
     handles = [lin.register_forward_pre_hook(lambda mod, args, g=hessians[name]: g.add_batch(args[0]))
                for name, lin in hessian_inputs.items()]
-    run_layer(layer, inputs, kwargs)
+
+    def stop(mod, args):  # registered last: every other pre-hook of `last` has seen its input
+        raise _Observed
+
+    handles.append(last.register_forward_pre_hook(stop))
+    for x in inputs:
+        try:
+            layer(x, **kwargs)
+        except _Observed:
+            pass
     for h in handles:
         h.remove()
     return {key: obs.remove() for key, obs in observers.items()}, hessians
@@ -95,14 +109,15 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     clustered = cfg.a_granularity == "cluster" and any(cfg.point_clusters(p.name) > 1 for p in points)
     in_place_first = cfg.prob_bits is not None or (sites and not static)
     observed = sites if static else []
+    last = points[-1].consumers[-1]  # R5's consumer, fc2 or down_proj: the layer's last Linear
 
     if clustered:
         t = time.perf_counter()  # (a)
         if in_place_first:
-            stats, hessians = observe(layer, [s for p in points for s in p.cluster_on], {}, inputs, kwargs)
+            stats, hessians = observe(layer, [s for p in points for s in p.cluster_on], {}, inputs, kwargs, last)
         else:
             stats, hessians = observe(layer, [*observed, *(s for p in points for s in p.cluster_on)], hessian_inputs,
-                                      inputs, kwargs)
+                                      inputs, kwargs, last)
         timings["calibration"] += time.perf_counter() - t
         t = time.perf_counter()  # (b)
         dtype = kmeans_dtype(layer)
@@ -125,7 +140,7 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
             s.attach_quantizer(quantizer)
     if in_place_first or not clustered:
         t = time.perf_counter()
-        stats, hessians = observe(layer, observed, hessian_inputs, inputs, kwargs)  # already in the new order
+        stats, hessians = observe(layer, observed, hessian_inputs, inputs, kwargs, last)  # already in the new order
         timings["calibration"] += time.perf_counter() - t
     if static:
         for s, quantizer in quantizers.values():

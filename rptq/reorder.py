@@ -30,7 +30,13 @@ def permute_norm(norm: nn.Module, perm):
             assert p.shape == perm.shape, "norm parameters must match the permutation"
             p.copy_(p[perm.to(p.device)])
     norm.register_buffer("rptq_perm", perm.clone().to(next(norm.parameters(), perm).device))
-    norm.register_forward_pre_hook(lambda mod, args: (args[0].index_select(-1, mod.rptq_perm), *args[1:]))
+    norm.register_forward_pre_hook(reorder_input)
+
+
+def reorder_input(norm, args):
+    """The norm's forward pre-hook: its input in the new channel order (gather: a faster copy than index_select)."""
+    x = args[0]
+    return (torch.gather(x, -1, norm.rptq_perm.expand(x.shape)), *args[1:])
 
 
 def per_query_head(perm, heads, size):

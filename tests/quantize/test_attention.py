@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantize import ProbQuantizer
-from quantize.attention import QUERY_BLOCK, quantized_prob_attention, register_tensor_hook
+from quantize.attention import QUERY_BLOCK, blocked_attention, quantized_prob_attention, register_tensor_hook
 
 
 def _additive_causal_mask(q_len, k_len):
@@ -13,19 +13,25 @@ def _additive_causal_mask(q_len, k_len):
     return torch.zeros(q_len, k_len).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
 
 
-@pytest.mark.parametrize("q_len, k_len, kv_heads", [(QUERY_BLOCK + 44, QUERY_BLOCK + 44, 4),  # crosses a block
+@pytest.mark.parametrize("q_len, k_len, kv_heads", [(2 * QUERY_BLOCK + 44, 2 * QUERY_BLOCK + 44, 4),  # blocks
                                                      (3, 40, 4),       # decoding with a cache
-                                                     (70, 70, 2)])     # grouped-query attention
-def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads):
+                                                     (QUERY_BLOCK + 70, QUERY_BLOCK + 70, 2)])  # grouped-query
+@pytest.mark.parametrize("fn", ["blocked", "module"])
+def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads, fn):
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 4, q_len, 16, generator=gen)
-    k, v = (torch.randn(1, kv_heads, k_len, 16, generator=gen) for _ in range(2))
-    mask = _additive_causal_mask(q_len, k_len)
-    out, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=0.25)
+    q = torch.randn(2, 4, q_len, 16, generator=gen)
+    k, v = (torch.randn(2, kv_heads, k_len, 16, generator=gen) for _ in range(2))
+    mask = _additive_causal_mask(q_len, k_len).expand(2, 1, q_len, k_len).clone()
+    mask[1, ..., :5] = torch.finfo(torch.float32).min  # the second sequence is left-padded by 5 tokens
+    mask[1, ..., :5, 0] = 0  # (padded rows still see one key, as transformers' padding masks do)
+    if fn == "blocked":
+        out = blocked_attention(q, k, v, mask, scaling=0.25)
+    else:  # no probability quantizer: the module path hands the attention to torch's fused kernel
+        out, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=0.25)
     groups = 4 // kv_heads
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
                                          attn_mask=mask, scale=0.25)
-    assert out.shape == (1, q_len, 4, 16)
+    assert out.shape == (2, q_len, 4, 16)
     assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
 
 
