@@ -1,8 +1,9 @@
 """Time of GPTQ on the six Linear layers of an OPT-125m-shaped decoder layer over the time of one float forward
 of the same calibration tokens through that layer, both measured in this run. The last line is the ratio.
 
-GPTQ time = Hessian accumulation from the layer's inputs + column-by-column quantization (4 bits, per output
-row and per input cluster, 32 equal clusters: the timing does not depend on the cluster sizes).
+GPTQ time = Hessian accumulation from the layer's inputs (one per input: q/k/v share theirs) + column-by-column
+quantization (4 bits, per output row and per input cluster, 32 equal clusters: the timing does not depend on the
+cluster sizes).
 
     python bench/gptq.py [--nsamples 16] [--device cpu]
 """
@@ -39,10 +40,11 @@ def main():
         sync()
         t_forward = time.perf_counter() - start
 
-        linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
-                   layer.fc1, layer.fc2]
-        gptq = [GPTQ(lin.in_features) for lin in linears]
-        hooks = [lin.register_forward_pre_hook(lambda m, a, g=g: g.add_batch(a[0])) for lin, g in zip(linears, gptq)]
+        attn = layer.self_attn
+        readers = [[attn.q_proj, attn.k_proj, attn.v_proj], [attn.out_proj], [layer.fc1], [layer.fc2]]  # per input
+        gptq = [GPTQ(lins[0].in_features) for lins in readers]  # one Hessian per input, as the pipeline
+        hooks = [lins[0].register_forward_pre_hook(lambda m, a, g=g: g.add_batch(a[0]))
+                 for lins, g in zip(readers, gptq)]
         start = time.perf_counter()
         for x in inputs:  # the layer runs again only to feed the hooks; its own share is taken out below
             layer(x)
@@ -51,9 +53,10 @@ def main():
         for h in hooks:
             h.remove()
         start = time.perf_counter()
-        for lin, g in zip(linears, gptq):
-            groups = column_groups("cluster", lin.in_features, cluster_index([lin.in_features // 32] * 32))
-            g.quantize(lin, groups, bits=4)
+        for lins, g in zip(readers, gptq):
+            for lin in lins:
+                groups = column_groups("cluster", lin.in_features, cluster_index([lin.in_features // 32] * 32))
+                g.quantize(lin, groups, bits=4)
         sync()
         t_quant = time.perf_counter() - start
 

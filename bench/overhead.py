@@ -1,10 +1,12 @@
-"""Forward-time overhead of the fake-quantized W4A4 model over the float model (issue target: <= 1.3).
+"""Forward-time overhead of the fake-quantized W4A4 model over the float model (issue #15 targets: at most 1.1 on
+the OPT shape, 1.25 on SmolLM2).
 
-An OPT-125m-shaped model with random weights (timing does not depend on the weights), quantized by the real
-RPTQ pipeline; both models run the same 2048 tokens in the same process, alternately, and the best of
---repeats is kept for each. The last line printed is the ratio.
+--model opt: an OPT-125m-shaped model with random weights (timing does not depend on the weights); smollm2: the real
+SmolLM2-135M (Llama family: grouped-query attention, Q/K quantized after the rotation). Either is quantized by the real
+RPTQ pipeline (round-to-nearest weights: GPTQ changes no timing), then both models run the same 2048 tokens in the
+same process, alternately, and the best of --repeats is kept for each. The last line printed is the ratio.
 
-    python bench/overhead.py [--repeats 5] [--device cpu]
+    python bench/overhead.py [--model opt|smollm2] [--repeats 5] [--device cpu] [--dtype float32]
 """
 import argparse
 import copy
@@ -12,7 +14,8 @@ import time
 
 import torch
 
-from models.opt import OPTAdapter
+from models import adapter_for, load_model
+from rptq.cli import pick_device
 from rptq.config import RPTQConfig
 from rptq.pipeline import quantize_model
 
@@ -29,27 +32,35 @@ def best_forward_seconds(model, ids, repeats):
     return min(times)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seqlen", type=int, default=2048)
-    args = p.parse_args()
-
+def opt_125m_shape(dtype):
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(0)
     config = OPTConfig(hidden_size=768, num_attention_heads=12, ffn_dim=3072, num_hidden_layers=12,
                        vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=768)
-    float_model = OPTForCausalLM(config).eval()
-    quant_model = copy.deepcopy(float_model)
-    calib = torch.randint(0, config.vocab_size, (2, args.seqlen))
-    cfg = RPTQConfig(wbits=4, abits=4, w_quantizer="normal", device=args.device)  # weights: RTN is enough here
-    quantize_model(quant_model, OPTAdapter(), calib, cfg)
-    float_model.to(args.device)
-    quant_model.to(args.device)
+    return OPTForCausalLM(config).to(dtype).eval()
 
-    ids = torch.randint(0, config.vocab_size, (1, args.seqlen), device=args.device)
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("opt", "smollm2"), default="opt")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--seqlen", type=int, default=2048)
+    args = p.parse_args()
+
+    device, dtype = pick_device(args.device, args.dtype)
+    float_model = opt_125m_shape(dtype) if args.model == "opt" else load_model("smollm2-135m", dtype)[0]
+    quant_model = copy.deepcopy(float_model)  # before quantizing: a copy's hooks would call the original's quantizers
+    vocab = float_model.config.vocab_size
+    calib = torch.randint(0, vocab, (2, args.seqlen), generator=torch.Generator().manual_seed(0))
+    cfg = RPTQConfig(wbits=4, abits=4, w_quantizer="normal", device=device)
+    quantize_model(quant_model, adapter_for(quant_model.config), calib, cfg)
+    float_model.to(device)
+    quant_model.to(device)
+
+    ids = torch.randint(0, vocab, (1, args.seqlen), generator=torch.Generator().manual_seed(1)).to(device)
     best_forward_seconds(float_model, ids, 1)  # warm-up: allocator and kernels
     best_forward_seconds(quant_model, ids, 1)
     t_float, t_quant = float("inf"), float("inf")
@@ -59,7 +70,8 @@ def main():
     print(f"float forward   {t_float:.3f} s  ({float_model.config._attn_implementation} attention)")
     print(f"W4A4 forward    {t_quant:.3f} s  ({quant_model.config._attn_implementation} attention, "
           f"{cfg.bit_mode} bits)")
-    print(f"overhead ratio (W4A4 / float, {args.seqlen} tokens, {args.device}): {t_quant / t_float:.3f}")
+    print(f"overhead ratio (W4A4 / float, {args.model}, {args.seqlen} tokens, {device}, "
+          f"{str(dtype).split('.')[-1]}): {t_quant / t_float:.3f}")
 
 
 if __name__ == "__main__":
