@@ -5,16 +5,15 @@ It also exposes the query and key as they reach attention (after any rotary embe
 holds them) to hooks registered with register_tensor_hook: that is where Llama-family Q/K are observed and
 quantized.
 
-Without a probability quantizer, the attention itself is torch's fused scaled_dot_product_attention. Quantized
-probabilities must be materialized, so no fused kernel applies: to stay close to the speed of one, queries run in
-blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible (for a causal mask: up to the block's
-last row; skipped keys would get probability exactly 0), the mask added only from its first non-zero column, and
-grouped-query heads reading their K/V head without copying it.
+Quantized probabilities must be materialized, so no fused kernel applies (and a fused kernel for the other cases
+would round differently, which K-means and GPTQ can amplify into other figures). To stay close to the speed of one,
+queries run in blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible (for a causal mask:
+up to the block's last row; skipped keys would get probability exactly 0), the mask added only from its first
+non-zero column, and grouped-query heads reading their K/V head without copying it.
 """
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
@@ -96,12 +95,7 @@ def blocked_attention(query, key, value, attention_mask, scaling, prob_quant=Non
 def quantized_prob_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned."""
     query, key = apply_tensor_hooks(module, "query", query), apply_tensor_hooks(module, "key", key)
-    prob_quant = getattr(module, "rptq_prob_quant", None)
-    if prob_quant is not None:
-        return blocked_attention(query, key, value, attention_mask, scaling, prob_quant), None
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                         enable_gqa=key.shape[1] != query.shape[1])
-    return out.transpose(1, 2).contiguous(), None
+    return blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "rptq_prob_quant", None)), None
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, quantized_prob_attention)

@@ -26,7 +26,7 @@ def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads, fn):
     mask[1, ..., :5, 0] = 0  # (padded rows still see one key, as transformers' padding masks do)
     if fn == "blocked":
         out = blocked_attention(q, k, v, mask, scaling=0.25)
-    else:  # no probability quantizer: the module path hands the attention to torch's fused kernel
+    else:
         out, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=0.25)
     groups = 4 // kv_heads
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
