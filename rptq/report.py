@@ -70,7 +70,7 @@ def load_paper(paper_dir, table, model):
         if rows:
             used.append(f"{source}: {filename}")
     files = ", ".join(filename for _, filename in PAPER_FILES[table])
-    note = (f"{name} from {'; '.join(used)}" if used else f"no {name} rows in {files} under {paper_dir}")
+    note = f"{name} from {'; '.join(used)}" if used else f"no {name} rows in {files}"  # no machine path
     return columns, note
 
 
