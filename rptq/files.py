@@ -1,4 +1,5 @@
 """Writing files so that a reader never sees half of one and an interrupted run loses nothing it finished."""
+import contextlib
 import os
 import pathlib
 import tempfile
@@ -25,12 +26,14 @@ def atomic_write(path, write, binary=False):
 
 def check_writable(path, what="--output_path"):
     """Refuse now, with one line, a file that could not be written when its results are ready: a folder that cannot
-    be made or written, a parent that is a file, a path that is a folder. Writes and removes a probe file."""
+    be made or written, a parent that is a file, a path that is a folder. Writes and removes a probe file, and the
+    folders it made for it, so that a run refused later leaves nothing behind."""
     from .cli import UsageError
 
     path = pathlib.Path(path)
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder, not a file: give a .json file name or a folder name")
+    missing = [p for p in path.absolute().parents if not p.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
@@ -38,6 +41,10 @@ def check_writable(path, what="--output_path"):
         os.unlink(probe)
     except OSError as e:
         raise UsageError(f"{what} {path} cannot be written ({e.strerror or e}): choose another place") from None
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):  # a folder someone else has filled meanwhile stays
+                folder.rmdir()
 
 
 def write_text(path, text):

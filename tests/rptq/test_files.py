@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from rptq.files import atomic_write, write_text
+from rptq.cli import UsageError
+from rptq.files import atomic_write, check_writable, write_text
 
 
 def test_atomic_write_leaves_one_file_with_the_usual_permissions(tmp_path):
@@ -25,3 +26,19 @@ def test_an_interrupted_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, fail)
     assert path.read_text() == "finished" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_check_writable_leaves_no_trace(tmp_path):
+    """The probe makes the folders it needs and removes them again: a run refused later leaves nothing behind."""
+    check_writable(tmp_path / "a" / "b" / "run.json")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    check_writable(tmp_path / "kept" / "run.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_check_writable_refuses_a_folder_and_a_path_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for bad, expected in [(tmp_path, "is a folder"), (tmp_path / "file" / "run.json", "cannot be written")]:
+        with pytest.raises(UsageError, match=expected):
+            check_writable(bad)
