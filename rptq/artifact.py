@@ -301,3 +301,13 @@ def saved_model_record(manifest, path):
             "clusters_per_layer", "versions")
     return {"folder": str(path), **{key: manifest.get(key) for key in keep},
             "tensors_sha256": manifest["tensors"]["sha256"]}
+
+
+def load_any(name, dtype=torch.float32):
+    """(model, tokenizer, adapter, manifest): a saved folder as load() reads it, or any other model name in floating
+    point as models.load_model reads it (manifest None)."""
+    if is_saved(name):
+        return load(name, dtype)
+    from models import load_model
+
+    return (*load_model(name, dtype), None)

@@ -180,13 +180,14 @@ def damage_saved():
 
 @pytest.fixture(scope="session")
 def cached_and_full_logits():
-    """f(model, prompt, new_tokens=8, pad_token_id=0): greedy generate() with the K/V cache, and one full forward
-    over the same tokens: (logits of each generated step from the cache, the full forward's logits at those steps,
-    generate()'s output)."""
-    def run(model, prompt, new_tokens=8, pad_token_id=0):
+    """f(model, prompt, new_tokens=8, pad_token_id=0, cache=None): greedy generate() with the K/V cache (cache: a
+    Cache object to use, else the model's default), and one full forward over the same tokens: (logits of each
+    generated step from the cache, the full forward's logits at those steps, generate()'s output)."""
+    def run(model, prompt, new_tokens=8, pad_token_id=0, cache=None):
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                                 output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id)
+                                 output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id,
+                                 past_key_values=cache)
             full = model(out.sequences[:, :-1], use_cache=False).logits
         return torch.stack(out.logits, 1), full[:, prompt.shape[1] - 1:], out
 
