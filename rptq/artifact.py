@@ -20,7 +20,7 @@ from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import INDEX_DTYPE, ZERO_DTYPE
 
-from .files import atomic_write
+from .files import atomic_save, atomic_write
 from .reorder import attach_norm_perm
 
 FORMAT = "rptq-quantized-model"
@@ -101,17 +101,18 @@ def save(model, tokenizer, folder, settings, provenance):
             continue
         first_of[identity] = key
         tensors[key] = tensor.detach().cpu().contiguous()
-    data = safetensors.torch.save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    tensor_file = folder / TENSORS
+    atomic_save(tensor_file, lambda tmp: safetensors.torch.save_file(
+        tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": adapter_for(model.config).family,
         "config": json.loads(model.config.to_json_string(use_diff=False)), "dtype": str(model.dtype).split(".")[-1],
         "label": settings["label"], "settings": settings, **provenance,
         "attn_implementation": model.config._attn_implementation,
-        "tensors": {"file": TENSORS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        "tensors": {"file": TENSORS, "bytes": tensor_file.stat().st_size, "sha256": _sha256(tensor_file)},
         "tied": tied, "packed_linears": packed, "act_quantizers": quantizers, "prob_quantizers": probs,
         "reordered_norms": sorted(key.rpartition(".")[0] for key in tensors if key.endswith(f".{PERM}")),
     }
-    atomic_write(folder / TENSORS, lambda f: f.write(data), binary=True)
     tokenizer.save_pretrained(folder)
     atomic_write(folder / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1) + "\n"))  # last: complete
 
