@@ -64,6 +64,46 @@ def _prefixed(prefix, state):
     return {f"{prefix}.{key}": tensor for key, tensor in state.items()}
 
 
+def _quantized_parts(model):
+    """The packed Linears' and quantizers' tensors, their manifest entries, and the module paths they cover."""
+    tensors, structure, covered = {}, {"packed_linears": {}, "act_quantizers": {}, "prob_quantizers": {}}, set()
+    for name, module in model.named_modules():
+        grid = getattr(module, "rptq_weight_grid", None)
+        if grid is not None:
+            linear = PackedLinear.from_linear(module, grid)  # GridError rather than codes that change the weight
+            tensors.update(_prefixed(name, linear.state_dict()))
+            structure["packed_linears"][name] = {"bits": grid.bits, "in_features": linear.in_features,
+                                                 "out_features": linear.out_features, "groups": grid.scale.shape[1],
+                                                 "bias": linear.bias is not None}
+            covered.add(name)
+        elif isinstance(module, ActQuantizer):
+            scale, zero = module.cluster_qparams()
+            tensors.update(_prefixed(name, {"index": module.index.to(INDEX_DTYPE), "scale": scale,
+                                            "zero": zero.to(ZERO_DTYPE)}))
+            structure["act_quantizers"][name] = {"bits": module.bits, "grid": module.grid, "ranges": module.ranges,
+                                                 "clusters": module.n_clusters, "channels": len(module.index)}
+            covered.add(name)
+        elif isinstance(module, ProbQuantizer):
+            structure["prob_quantizers"][name] = module.bits
+    return tensors, structure, covered
+
+
+def _float_tensors(model, covered):
+    """The rest of the model's state, a tensor shared by two names (a tied lm_head) once: (tensors, {name: the
+    stored name it shares})."""
+    tensors, first_of, tied = {}, {}, {}
+    for key, tensor in model.state_dict().items():
+        if key.rpartition(".")[0] in covered:
+            continue
+        identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if identity in first_of:
+            tied[key] = first_of[identity]
+        else:
+            first_of[identity] = key
+            tensors[key] = tensor.detach().cpu().contiguous()
+    return tensors, tied
+
+
 @torch.no_grad()
 def save(model, tokenizer, folder, settings, provenance):
     """Write the quantized model (on the CPU) into folder, which prepare_folder accepted. settings: its
@@ -71,36 +111,9 @@ def save(model, tokenizer, folder, settings, provenance):
     import safetensors.torch
 
     folder = Path(folder)
-    tensors, packed, quantizers, probs, done = {}, {}, {}, {}, set()
-    for name, module in model.named_modules():
-        grid = getattr(module, "rptq_weight_grid", None)
-        if grid is not None:
-            linear = PackedLinear.from_linear(module, grid)  # GridError rather than codes that change the weight
-            tensors.update(_prefixed(name, linear.state_dict()))
-            packed[name] = {"bits": grid.bits, "in_features": linear.in_features,
-                            "out_features": linear.out_features, "groups": grid.scale.shape[1],
-                            "bias": linear.bias is not None}
-            done.add(name)
-        elif isinstance(module, ActQuantizer):
-            scale, zero = module.cluster_qparams()
-            tensors.update(_prefixed(name, {"index": module.index.to(INDEX_DTYPE), "scale": scale,
-                                            "zero": zero.to(ZERO_DTYPE)}))
-            quantizers[name] = {"bits": module.bits, "grid": module.grid, "ranges": module.ranges,
-                                "clusters": module.n_clusters, "channels": len(module.index)}
-            done.add(name)
-        elif isinstance(module, ProbQuantizer):
-            probs[name] = module.bits
-    first_of = {}  # tied tensors (an lm_head sharing the embedding) are stored once
-    tied = {}
-    for key, tensor in model.state_dict().items():
-        if key.rpartition(".")[0] in done:
-            continue
-        identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
-        if identity in first_of:
-            tied[key] = first_of[identity]
-            continue
-        first_of[identity] = key
-        tensors[key] = tensor.detach().cpu().contiguous()
+    tensors, structure, covered = _quantized_parts(model)
+    float_tensors, tied = _float_tensors(model, covered)
+    tensors.update(float_tensors)
     tensor_file = folder / TENSORS
     atomic_save(tensor_file, lambda tmp: safetensors.torch.save_file(
         tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
@@ -110,7 +123,7 @@ def save(model, tokenizer, folder, settings, provenance):
         "label": settings["label"], "settings": settings, **provenance,
         "attn_implementation": model.config._attn_implementation,
         "tensors": {"file": TENSORS, "bytes": tensor_file.stat().st_size, "sha256": _sha256(tensor_file)},
-        "tied": tied, "packed_linears": packed, "act_quantizers": quantizers, "prob_quantizers": probs,
+        "tied": tied, **structure,
         "reordered_norms": sorted(key.rpartition(".")[0] for key in tensors if key.endswith(f".{PERM}")),
     }
     tokenizer.save_pretrained(folder)
