@@ -7,7 +7,7 @@ import sys
 import time
 
 import datautils
-from rptq import config, record
+from rptq import artifact, config, record
 from rptq.cli import check_positions, dtype_name, guarded, note, pick_device
 
 PROG = "main.py"
@@ -16,13 +16,16 @@ PROG = "main.py"
 def run(args, given=frozenset(), written=None):
     """One run; `written` collects the result file once something finished is in it."""
     written = [] if written is None else written
-    for line in config.check_args(args, given):
+    manifest = artifact.read_manifest(args.model) if artifact.is_saved(args.model) else None  # a saved model
+    for line in config.check_args(args, given, manifest and manifest["label"]):
         note(PROG, line)
     device, dtype = pick_device(args.device, args.dtype)
     data_dir = datautils.resolve_data_dir(args.data_dir)
     run_rptq = config.runs_rptq(args)
     datautils.check_sources(config.ppl_sets(args) if args.eval_ppl else (),
                             args.calib_dataset if run_rptq else None, data_dir)
+    if args.save:
+        artifact.prepare_folder(args.save)  # before calibration, so that a long run is not lost to a bad folder
 
     from models import empty_model, load_config, load_model, weights_source
     from rptq.evaluate import perplexity, zero_shot
@@ -32,23 +35,33 @@ def run(args, given=frozenset(), written=None):
     from rptq.tasks import plan_tasks
 
     # everything that can fail is checked before the model loads: its config, task names and files, the output
-    model_config, adapter = load_config(args.model)
+    model_config, adapter = artifact.architecture(manifest) if manifest else load_config(args.model)
     check_positions(model_config, args.model, args.seqlen)
     cfg = config.rptq_config(args, device)
     if run_rptq:
         check_clusters(empty_model(model_config), adapter, cfg)
     task_plan = plan_tasks(config.task_names(args), data_dir, args.num_fewshot) if args.tasks else None
-    label = cfg.label if run_rptq else f"FP-{dtype_name(dtype)}"
-    quantization = cfg.describe() if run_rptq else None
-    calibration = {k: getattr(args, k) for k in ("calib_dataset", "nsamples", "seed")} if run_rptq else {}
+    if manifest:
+        label, quantization, calibration = manifest["label"], manifest["settings"], manifest["calibration"]
+    else:
+        label = cfg.label if run_rptq else f"FP-{dtype_name(dtype)}"
+        quantization = cfg.describe() if run_rptq else None
+        calibration = {k: getattr(args, k) for k in ("calib_dataset", "nsamples", "seed")} if run_rptq else {}
     out = record.output_file(args, label, {"quantization": quantization, "dtype": dtype_name(dtype),
                                            "seqlen": args.seqlen, "limit": args.limit, **calibration})
     check_writable(out)
 
     t0 = time.perf_counter()
-    model, tokenizer, _ = load_model(args.model, dtype)
-    rec = record.new_record(args.model, weights_source(args.model), adapter.family, label,
+    if manifest:
+        model, tokenizer, adapter, manifest = artifact.load(args.model, dtype)
+        weights = artifact.weights_source(manifest, args.model)
+    else:
+        model, tokenizer, _ = load_model(args.model, dtype)
+        weights = weights_source(args.model)
+    rec = record.new_record(args.model, weights, adapter.family, label,
                             record.settings_of(args, device, dtype_name(dtype)), quantization, config.run_data(args))
+    if manifest:
+        rec["saved_model"] = artifact.saved_model_record(manifest, args.model)
     rec["timings_s"]["load"] = time.perf_counter() - t0
     ds_kwargs = {"data_dir": data_dir, "seqlen": args.seqlen, "cache_dir": args.cache_dir}
 
@@ -62,6 +75,15 @@ def run(args, given=frozenset(), written=None):
         report = quantize_model(model, adapter, calib, cfg)
         rec["timings_s"].update(report["timings_s"])
         rec["clusters_per_layer"] = report["clusters_per_layer"]
+        if args.save:
+            t = time.perf_counter()
+            artifact.save(model, tokenizer, args.save, quantization, {
+                "source_model": args.model, "weights_source": rec["weights"],
+                "calibration": {**calibration, "seqlen": args.seqlen},
+                "calibration_data": [d for d in rec["data"] if d.get("purpose") != "eval"],
+                "clusters_per_layer": rec["clusters_per_layer"], "versions": rec["versions"]})
+            rec["timings_s"]["save"] = time.perf_counter() - t
+            rec["saved_to"] = args.save
         record.write(out, rec)
         written.append(out)
     model.to(device)
@@ -89,7 +111,11 @@ def run(args, given=frozenset(), written=None):
                               f"{task['examples']}/{task['examples_total']}"])
     rec["status"] = record.COMPLETE
     record.write(out, rec)
-    print(f"\n{args.model}  {label}  {cfg.mode_line() if run_rptq else ''}")
+    if manifest:
+        mode = f"{config.RPTQConfig.from_description(quantization).mode_line()} loaded from a saved model"
+    else:
+        mode = cfg.mode_line() if run_rptq else ""
+    print(f"\n{args.model}  {label}  {mode}")
     if rows:
         print(format_table(["eval", "ppl", "95% interval", "windows", "s/window"], rows))
     if task_rows:

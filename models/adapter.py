@@ -36,9 +36,14 @@ class ActSite:
             return None if new is None else (new, *args[1:])
         return self.module.register_forward_pre_hook(pre_hook)
 
+    @property
+    def quantizer_name(self):
+        """The attribute of `module` that holds the site's quantizer once attached."""
+        return f"rptq_{self.where}_quant"
+
     def attach_quantizer(self, quantizer: nn.Module):
         """Register the quantizer as a submodule (so it follows .to(device)) and quantize the site with it."""
-        setattr(self.module, f"rptq_{self.where}_quant", quantizer)
+        setattr(self.module, self.quantizer_name, quantizer)
         return self.register_hook(quantizer)
 
 
@@ -96,3 +101,11 @@ class DecoderAdapter:
     def attention(self, layer) -> nn.Module:
         """The attention module whose softmax probabilities get quantized."""
         raise NotImplementedError
+
+    def cache_sites(self, layer) -> tuple[ActSite, ActSite]:
+        """(K, V): the sites whose tensors the KV cache holds, each in the channel order of the cache's heads
+        (head-major per token). K lives at R2 and V at R3 in every family (RPTQ-METHOD.md sections 5 and 10)."""
+        points = {p.name: p for p in self.reorder_points(layer)}
+        k, = (s for s in points["R2"].sites if s.kind == "kv")
+        v, = (s for s in points["R3"].sites if s.kind == "kv")
+        return k, v

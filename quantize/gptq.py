@@ -41,8 +41,10 @@ def weight_qparams(weight, groups, bits, grid="paper"):
 
 @torch.no_grad()
 def quantize_rtn(linear: nn.Linear, groups, bits, grid="paper"):
+    """Round linear's weight to the nearest level in place; returns its (scale, zero) [rows, cols], as GPTQ."""
     scale, zero = weight_qparams(linear.weight, groups, bits, grid)
     linear.weight.copy_(fake_quantize(linear.weight.float(), scale, zero, bits))
+    return scale, zero
 
 
 class GPTQ:

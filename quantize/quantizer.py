@@ -98,10 +98,19 @@ class ActQuantizer(nn.Module):
     @torch.no_grad()
     def set_ranges(self, xmin, xmax):
         """xmin, xmax: [n_clusters] ranges; stored expanded to one (scale, zero) per channel."""
-        scale, zero = choose_qparams(xmin, xmax, self.bits, self.grid)
-        self.scale.copy_(scale[self.index])
-        self.zero.copy_(zero[self.index])
+        self.set_qparams(*choose_qparams(xmin, xmax, self.bits, self.grid))
+
+    @torch.no_grad()
+    def set_qparams(self, scale, zero):
+        """scale, zero: [n_clusters], as chosen by calibration (or read back from a saved model)."""
+        self.scale.copy_(scale.to(self.scale)[self.index])
+        self.zero.copy_(zero.to(self.zero)[self.index])
         self.calibrated = True
+
+    def cluster_qparams(self):
+        """(scale, zero) per cluster [n_clusters]: what set_qparams was given (every channel of a cluster holds it)."""
+        per_cluster = torch.zeros(self.n_clusters, device=self.scale.device)
+        return per_cluster.index_copy(0, self.index, self.scale), per_cluster.index_copy(0, self.index, self.zero)
 
     def forward(self, x):
         if self.ranges == "token":

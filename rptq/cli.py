@@ -16,11 +16,12 @@ def _one_line_errors():
     """Every error class that carries a complete one-line message for the user."""
     from datautils import DataError
     from models import ModelError
-    from quantize import GPTQError
+    from quantize import GPTQError, GridError
+    from rptq.artifact import ArtifactError
     from rptq.cluster import ClusterError
     from rptq.tasks import TaskError
 
-    return UsageError, DataError, ModelError, GPTQError, ClusterError, TaskError
+    return UsageError, DataError, ModelError, GPTQError, GridError, ClusterError, TaskError, ArtifactError
 
 
 def guarded(prog, body, interrupted="finished results are kept"):

@@ -4,7 +4,7 @@ One home for the constants too, so that main.py, the pipeline and the scripts al
 """
 import argparse
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import datautils
 from models import model_names
@@ -28,6 +28,11 @@ DTYPES = ("float32", "float16", "bfloat16")
 # A mode flag that cannot hold in a run is a contradiction and refused; any other idle flag only gets a note,
 # so that shell sweeps can pass the same flags to every setting, as the authors' scripts do.
 CONTRADICTIONS = ("only_quant_kv", "a_dynamic")
+# What a saved model fixed when it was quantized (the quantization and calibration flags, --seqlen aside, which
+# also sets the evaluation windows): given with a saved folder, they are refused rather than silently ignored.
+SAVED_FLAGS = ("wbits", "abits", "w_quantizer", "percdamp", "w_granularity", "groupsize", "act_order", "metric",
+               *(f"R{i}_clusters" for i in range(1, 6)), "reorder", "only_quant_kv", "a_dynamic", "a_granularity",
+               "grid", "bit_mode", "nsamples", "seed", "calib_dataset")
 
 
 @dataclass
@@ -48,6 +53,12 @@ class RPTQConfig:
     grid: str = "paper"               # or "full": the 2^k - 1 grid
     bit_mode: str = "reference"       # or "strict": norm outputs and probabilities at abits too
     device: str = "cpu"
+
+    @classmethod
+    def from_description(cls, description):
+        """The settings back from describe()'s output (a saved model's), for its label and mode line."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in description.items() if k in names and v is not None})
 
     @property
     def label(self):
@@ -110,7 +121,8 @@ def build_parser(prog="main.py", description=None):
     """main.py's flags, named as the reference's so that its scripts run here."""
     p = OneLineParser(prog=prog, description=description, allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help=f"one of {', '.join(model_names())}, or a local model folder")
+    p.add_argument("model", help=f"one of {', '.join(model_names())}, a local model folder, or a folder written by "
+                                 "--save (runs with no calibration)")
     g = p.add_argument_group("quantization")
     g.add_argument("--wbits", type=int, default=16, help="weight bits (16: float weights)")
     g.add_argument("--abits", type=int, default=16, help="activation bits (16: float activations)")
@@ -170,6 +182,9 @@ def build_parser(prog="main.py", description=None):
                                                      "~/.cache/rptq)")
     r.add_argument("--output_path", default="out",
                    help="JSON results: a .json file, or a folder that gets MODEL_LABEL_SETTINGSHASH.json")
+    r.add_argument("--save", default=None, metavar="DIR",
+                   help="after calibration, write the quantized model (packed weights, quantizer parameters, "
+                        "tokenizer) into DIR, a new or empty folder; `main.py DIR` loads it")
     return p
 
 
@@ -216,8 +231,21 @@ def run_description(args):
                                                           is not None else "")
 
 
-def check_args(args, given=frozenset()):
-    """Reject bad values with one line before anything slow runs; return notes on flags that change nothing."""
+def check_saved_model_args(args, given, label):
+    """A saved model runs as it was saved: no flag may quantize it again, and it is saved already."""
+    fixed = [f"--{flag}" for flag in SAVED_FLAGS if flag in given]
+    if fixed:
+        raise UsageError(f"{args.model} is a saved {label} model: {', '.join(fixed)} would quantize it again; drop "
+                         f"{'it' if len(fixed) == 1 else 'them'} (the saved settings apply)")
+    if args.save is not None:
+        raise UsageError(f"--save: {args.model} is a saved model already")
+
+
+def check_args(args, given=frozenset(), saved_label=None):
+    """Reject bad values with one line before anything slow runs; return notes on flags that change nothing.
+    saved_label: the label of the saved model that args.model names, if it names one."""
+    if saved_label is not None:
+        check_saved_model_args(args, given, saved_label)
     for flag in ("wbits", "abits"):
         if not 1 <= getattr(args, flag) <= 16:
             raise UsageError(f"--{flag} must be between 1 and 16 (16 = floating point), got {getattr(args, flag)}")
@@ -239,8 +267,11 @@ def check_args(args, given=frozenset()):
     if unknown:
         raise UsageError(f"--ppl_datasets: unknown {', '.join(sorted(unknown))} (choose from "
                          f"{', '.join(datautils.EVAL_SETS)})")
-    if not (args.eval_ppl or args.tasks):
+    if not (args.eval_ppl or args.tasks or args.save):
         raise UsageError("nothing to evaluate: pass --eval_ppl and/or --tasks")
+    if args.save is not None and not runs_rptq(args):
+        raise UsageError(f"--save writes a quantized model, but this run quantizes nothing ({run_description(args)}); "
+                         "set --wbits/--abits below 16 or --reorder")
     if args.tasks and not task_names(args):
         raise UsageError("--tasks: no task names given")
     idle = idle_flags(args, given)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from quantize import GPTQ, ActQuantizer, ProbQuantizer, cluster_index, column_groups, quantize_rtn
 from quantize.attention import ATTENTION_TENSORS, ATTN_IMPLEMENTATION
+from quantize.packed import WeightGrid
 
 from .cluster import check_cluster_count, cluster_channels
 from .config import FLOAT_BITS, RPTQConfig
@@ -156,9 +157,11 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
                 clusters = per_query_head_clusters(weight_groups, p.heads, lin.in_features)
                 groups = column_groups(cfg.w_granularity, lin.in_features, clusters, cfg.groupsize)
                 if use_gptq:
-                    hessians[p.name].quantize(lin, groups, cfg.wbits, cfg.grid, cfg.percdamp, act_order=cfg.act_order)
+                    scale, zero = hessians[p.name].quantize(lin, groups, cfg.wbits, cfg.grid, cfg.percdamp,
+                                                            act_order=cfg.act_order)
                 else:
-                    quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
+                    scale, zero = quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
+                lin.rptq_weight_grid = WeightGrid.from_expanded(cfg.wbits, groups, scale, zero)  # what --save packs
     timings["weight_quantization"] += time.perf_counter() - t
     return {name: int(index.max()) + 1 for name, index in index_of.items()}
 

@@ -29,6 +29,11 @@ def permute_norm(norm: nn.Module, perm):
         if p is not None:
             assert p.shape == perm.shape, "norm parameters must match the permutation"
             p.copy_(p[perm.to(p.device)])
+    attach_norm_perm(norm, perm)
+
+
+def attach_norm_perm(norm: nn.Module, perm):
+    """Make the norm read its input in the order perm (its parameters already in that order, e.g. loaded so)."""
     norm.register_buffer("rptq_perm", perm.clone().to(next(norm.parameters(), perm).device))
     norm.register_forward_pre_hook(reorder_input)
 

@@ -23,16 +23,20 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
+    make_random_opt(args.folder, args.layers, args.hidden, args.heads, args.ffn, args.seed)
+    print(f"saved a random {args.layers}-layer OPT (d={args.hidden}) to {args.folder}")
+
+
+def make_random_opt(folder, layers=12, hidden=768, heads=12, ffn=3072, seed=0):
     from transformers import OPTConfig, OPTForCausalLM
 
     tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(args.seed)
-    config = OPTConfig(hidden_size=args.hidden, num_attention_heads=args.heads, ffn_dim=args.ffn,
-                       num_hidden_layers=args.layers, vocab_size=50272, max_position_embeddings=2048,
-                       word_embed_proj_dim=args.hidden)  # opt-125m's vocabulary; the tokenizer uses 49152 of it
-    OPTForCausalLM(config).save_pretrained(args.folder)
-    tokenizer.save_pretrained(args.folder)
-    print(f"saved a random {args.layers}-layer OPT (d={args.hidden}) to {args.folder}")
+    torch.manual_seed(seed)
+    config = OPTConfig(hidden_size=hidden, num_attention_heads=heads, ffn_dim=ffn, num_hidden_layers=layers,
+                       vocab_size=50272, max_position_embeddings=2048,
+                       word_embed_proj_dim=hidden)  # opt-125m's vocabulary; the tokenizer uses 49152 of it
+    OPTForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 if __name__ == "__main__":

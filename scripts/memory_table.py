@@ -44,7 +44,8 @@ HF_KEYS = ("hidden_size", "num_hidden_layers", "ffn_dim", "vocab_size", "max_pos
 
 
 class OPTShape(NamedTuple):
-    """The config.json fields of an OPT model that size it (the names are Hugging Face's)."""
+    """The config.json fields of an OPT model that size it (the names are Hugging Face's). The last two let the
+    same counts size a Llama-family model (shape_of): grouped-query K/V heads and a three-matrix (SwiGLU) MLP."""
     hidden_size: int
     num_hidden_layers: int
     ffn_dim: int
@@ -52,6 +53,14 @@ class OPTShape(NamedTuple):
     max_position_embeddings: int
     num_attention_heads: int
     word_embed_proj_dim: int  # the embedding width; only opt-350m's differs from hidden_size
+    num_key_value_heads: int = 0  # 0: one K/V head per query head (OPT)
+    mlp_matrices: int = 2  # fc1, fc2 (Llama: gate, up, down)
+
+    @property
+    def kv_width(self):
+        """Channels of K (and of V) per token: hidden_size with one K/V head per query head."""
+        heads = self.num_key_value_heads or self.num_attention_heads
+        return self.hidden_size * heads // self.num_attention_heads
 
 
 # Published values: the facebook/opt-* config.json files on the Hugging Face hub; opt-175b, which has no hub
@@ -98,16 +107,36 @@ def setting_label(wbits, abits, kvbits):
     return f"W{wbits}A{abits}KV{kvbits}"
 
 
-def weight_gib(shape, wbits):
+def linear_weight_count(shape):
+    """Weights of the decoder layers' Linears: q and out_proj h x h, k and v h x kv_width, the MLP's matrices."""
+    h = shape.hidden_size
+    return shape.num_hidden_layers * (2 * h * h + 2 * h * shape.kv_width + shape.mlp_matrices * h * shape.ffn_dim)
+
+
+def embedding_weight_count(shape):
+    """Embedding and lm_head counted apart (see above); opt-350m projects between embed and h both ways."""
     h, embed = shape.hidden_size, shape.word_embed_proj_dim
-    per_layer = 4 * h * h + 2 * h * shape.ffn_dim
-    # Embedding and lm_head counted apart (see above); opt-350m projects between embed and h both ways.
-    embeddings = 2 * shape.vocab_size * embed + (2 * h * embed if embed != h else 0)
-    return (shape.num_hidden_layers * per_layer + embeddings) * wbits / 8 / GIB
+    return 2 * shape.vocab_size * embed + (2 * h * embed if embed != h else 0)
+
+
+def weight_gib(shape, wbits):
+    return (linear_weight_count(shape) + embedding_weight_count(shape)) * wbits / 8 / GIB
 
 
 def kv_cache_gib(shape, kvbits, batch, seqlen):
-    return 2 * shape.num_hidden_layers * batch * seqlen * shape.hidden_size * kvbits / 8 / GIB
+    return 2 * shape.num_hidden_layers * batch * seqlen * shape.kv_width * kvbits / 8 / GIB
+
+
+def shape_of(config):
+    """The shape of a transformers config of the OPT or Llama family."""
+    if config.model_type == "opt":
+        return OPTShape(config.hidden_size, config.num_hidden_layers, config.ffn_dim, config.vocab_size,
+                        config.max_position_embeddings, config.num_attention_heads, config.word_embed_proj_dim)
+    if config.model_type == "llama":
+        return OPTShape(config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size,
+                        config.max_position_embeddings, config.num_attention_heads, config.hidden_size,
+                        config.num_key_value_heads, mlp_matrices=3)
+    raise ValueError(f"no memory model for model type {config.model_type!r}")
 
 
 def activation_gib(shape, abits, kvbits, batch, seqlen):
@@ -169,7 +198,7 @@ def read_hf_config(path):
         raise ValueError(f"{path} lacks {', '.join(missing)}")
     shape = OPTShape(*(int(config[key]) for key in HF_KEYS),
                      int(config.get("word_embed_proj_dim", config["hidden_size"])))
-    bad = [f"{key} {value}" for key, value in shape._asdict().items() if value < 1]
+    bad = [f"{key} {value}" for key, value in zip((*HF_KEYS, "word_embed_proj_dim"), shape) if value < 1]
     if bad:
         raise ValueError(f"{path}: sizes must be positive, got {', '.join(bad)}")
     return shape

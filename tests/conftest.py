@@ -120,14 +120,74 @@ def quantized():
 
 
 @pytest.fixture(scope="session")
+def save_quantized(quantized, smol_tokenizer):
+    """save_quantized(model, calib, folder, **RPTQConfig fields) -> (the quantized copy, folder): quantized as by
+    `quantized`, then saved into folder with the SmolLM2 tokenizer."""
+    from rptq import artifact
+    from rptq.config import RPTQConfig
+
+    def run(model, calib, folder, **kw):
+        q, report = quantized(model, calib, **kw)
+        artifact.prepare_folder(folder)
+        artifact.save(q, smol_tokenizer, folder, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}).describe(),
+                      {"source_model": "tiny", "clusters_per_layer": report["clusters_per_layer"]})
+        return q, folder
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def damage_saved():
+    """damage_saved(folder, how) -> folder: break a saved model folder in place in one way: "corrupt" (a byte
+    flipped), "truncated", "missing tensor" (layer 1's fc1 codes dropped, checksum updated: an OPT folder),
+    "newer format", "no manifest", "no tensor file" or "not JSON"."""
+    import hashlib
+    import json
+
+    import safetensors.torch
+
+    from rptq import artifact
+
+    def damage(folder, how):
+        tensors, manifest_file = folder / artifact.TENSORS, folder / artifact.MANIFEST
+        manifest = json.loads(manifest_file.read_text())
+        if how == "corrupt":
+            data = bytearray(tensors.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            tensors.write_bytes(bytes(data))
+        elif how == "truncated":
+            tensors.write_bytes(tensors.read_bytes()[:-100])
+        elif how == "missing tensor":
+            kept = safetensors.torch.load_file(tensors)
+            del kept["model.decoder.layers.1.fc1.codes"]
+            data = safetensors.torch.save(kept)
+            tensors.write_bytes(data)
+            manifest["tensors"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+            manifest_file.write_text(json.dumps(manifest))
+        elif how == "newer format":
+            manifest["format_version"] += 1
+            manifest_file.write_text(json.dumps(manifest))
+        elif how == "no manifest":
+            manifest_file.unlink()
+        elif how == "no tensor file":
+            tensors.unlink()
+        elif how == "not JSON":
+            manifest_file.write_text("{")
+        return folder
+
+    return damage
+
+
+@pytest.fixture(scope="session")
 def cached_and_full_logits():
-    """f(model, prompt, new_tokens=8, pad_token_id=0): greedy generate() with the K/V cache, and one full forward
-    over the same tokens: (logits of each generated step from the cache, the full forward's logits at those steps,
-    generate()'s output)."""
-    def run(model, prompt, new_tokens=8, pad_token_id=0):
+    """f(model, prompt, new_tokens=8, pad_token_id=0, cache=None): greedy generate() with the K/V cache (cache: a
+    Cache object to use, else the model's default), and one full forward over the same tokens: (logits of each
+    generated step from the cache, the full forward's logits at those steps, generate()'s output)."""
+    def run(model, prompt, new_tokens=8, pad_token_id=0, cache=None):
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                                 output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id)
+                                 output_logits=True, return_dict_in_generate=True, pad_token_id=pad_token_id,
+                                 past_key_values=cache)
             full = model(out.sequences[:, :-1], use_cache=False).logits
         return torch.stack(out.logits, 1), full[:, prompt.shape[1] - 1:], out
 

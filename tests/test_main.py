@@ -1,5 +1,6 @@
 """main.py as a user runs it: a subprocess, its exit code, its stderr, its JSON."""
 import json
+import shutil
 import time
 
 import pytest
@@ -35,10 +36,11 @@ def test_too_many_clusters_is_one_line_before_calibration(run_cli, one_line_erro
 
 @pytest.fixture
 def ppl_run(run_cli, tiny_opt_dir, data_dir, tmp_path):
-    """ppl_run(name, *flags): main.py on the tiny OPT, 2 WikiText-2 windows of 256 tokens: (process, its JSON)."""
-    def run(name, *extra):
+    """ppl_run(name, *flags, model=the tiny OPT): main.py, 2 WikiText-2 windows of 256 tokens: (process, its
+    JSON)."""
+    def run(name, *extra, model=tiny_opt_dir):
         out = tmp_path / f"{name}.json"
-        proc = run_cli("main.py", tiny_opt_dir, "--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2,
+        proc = run_cli("main.py", model, "--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2,
                        "--seqlen", 256, "--data_dir", data_dir, "--cache_dir", tmp_path / "cache", "--output_path",
                        out, *extra)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -173,5 +175,62 @@ def test_an_interrupt_before_anything_finished_says_so(root, tiny_opt_dir, data_
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130
     assert rest.strip().splitlines()[-1] == ("main.py: interrupted; nothing had finished, no results file was "
-                                             "written") and "Traceback" not in rest
+                                             "written") and "Traceback" not in rest, rest[-2000:]
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def saved_run(run_cli, tiny_opt_dir, data_dir, tmp_path_factory):
+    """main.py --save on the tiny OPT (W4A4, 2 WikiText-2 windows of 256 tokens): (saved folder, its run's JSON)."""
+    tmp = tmp_path_factory.mktemp("saved-run")
+    out, folder = tmp / "w4a4.json", tmp / "saved"
+    proc = run_cli("main.py", tiny_opt_dir, "--wbits", 4, "--abits", 4, "--nsamples", 2, "--R1_clusters", 4,
+                   "--R4_clusters", 4, "--R5_clusters", 8, "--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2,
+                   "--seqlen", 256, "--data_dir", data_dir, "--cache_dir", tmp / "cache", "--output_path", out,
+                   "--save", folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return folder, json.loads(out.read_text())
+
+
+def test_a_saved_model_loads_without_calibration_and_gives_the_same_perplexity(saved_run, ppl_run):
+    folder, saved = saved_run
+    assert saved["saved_to"] == str(folder) and "save" in saved["timings_s"]
+    proc, loaded = ppl_run("loaded", model=folder)
+    assert loaded["ppl"]["wikitext2"]["nlls"] == saved["ppl"]["wikitext2"]["nlls"]  # the same windows, exactly
+    assert loaded["label"] == "W4A4" and loaded["quantization"] == saved["quantization"]
+    assert loaded["saved_model"]["source_model"] == saved["model"]
+    assert loaded["weights"].startswith(f"saved RPTQ model {folder}: W4A4 of ")
+    assert not {"calibration", "clustering", "weight_quantization"} & set(loaded["timings_s"])
+    assert "loaded from a saved model" in proc.stdout
+
+
+def test_flags_that_would_quantize_a_saved_model_again_are_refused(run_cli, one_line_error, saved_run):
+    folder, _ = saved_run
+    proc = run_cli("main.py", folder, "--eval_ppl", "--wbits", 4, "--nsamples", 8)
+    one_line_error(proc, f"{folder} is a saved W4A4 model: --wbits, --nsamples would quantize it again")
+    one_line_error(run_cli("main.py", folder, "--eval_ppl", "--save", folder.parent / "again"),
+                   "is a saved model already")
+
+
+@pytest.mark.parametrize("how, expected", [("corrupt", "is corrupt"), ("truncated", "is truncated"),
+                                           ("missing tensor", "lacks tensor model.decoder.layers.1.fc1.codes"),
+                                           ("newer format", "newer than this code reads")])
+def test_a_bad_saved_folder_is_one_line_and_nothing_is_written(run_cli, one_line_error, saved_run, damage_saved,
+                                                               tmp_path, how, expected):
+    folder = damage_saved(shutil.copytree(saved_run[0], tmp_path / "bad"), how)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    proc = run_cli("main.py", folder, "--eval_ppl", "--output_path", tmp_path / "out")
+    one_line_error(proc, expected)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_refuses_a_folder_in_use_before_calibrating(run_cli, one_line_error, tiny_opt_dir, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    start = time.time()
+    proc = run_cli("main.py", tiny_opt_dir, "--wbits", 4, "--save", tmp_path / "used")
+    one_line_error(proc, "the folder is not empty and nothing is overwritten; remove it or pick another folder")
+    assert (tmp_path / "used" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "used").iterdir())) == 1
+    assert time.time() - start < 60
+    one_line_error(run_cli("main.py", tiny_opt_dir, "--save", tmp_path / "new"), "this run quantizes nothing")

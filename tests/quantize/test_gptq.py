@@ -58,10 +58,11 @@ def test_gptq_beats_round_to_nearest_and_stays_on_the_grid(bits, granularity, ac
     original = linear.weight.detach().clone()
     groups = column_groups(granularity, 64, clusters=CLUSTERS, groupsize=16)
     rtn = _copy(linear)
-    quantize_rtn(rtn, groups, bits)
+    rtn_grid = quantize_rtn(rtn, groups, bits)
     q = _gptq(linear, x, groups, bits, act_order=act_order)
 
     scale, zero = weight_qparams(original, groups, bits)
+    assert torch.equal(rtn_grid[0], scale) and torch.equal(rtn_grid[1], zero)  # the grid it rounded to
     assert torch.allclose(fake_quantize(q, scale, zero, bits), q, atol=1e-5)  # each column on its group's grid
     for g in groups.unique():
         assert all(row.unique().numel() <= 2 ** bits for row in q[:, groups == g])

@@ -109,6 +109,18 @@ def test_token_ranges_are_each_tokens_own_over_all_channels():
     assert (y[1] - x[1]).abs().max() <= 200 / 16 + 1e-4 and (y[1] - x[1]).abs().max() > 1
 
 
+def test_per_cluster_qparams_read_back_into_a_new_quantizer_quantize_alike():
+    index = torch.tensor([2, 0, 0, 1, 2, 1])  # clusters need not be contiguous
+    x = torch.randn(50, 6) * torch.tensor([1.0, 0.1, 0.1, 5.0, 1.0, 5.0])
+    q = ActQuantizer(3, index)
+    q.set_ranges(*cluster_minmax(x, index, 3))
+    scale, zero = q.cluster_qparams()
+    assert scale.shape == zero.shape == (3,) and torch.equal(scale[index], q.scale)
+    again = ActQuantizer(3, index)
+    again.set_qparams(scale, zero)
+    assert torch.equal(again(x), q(x))
+
+
 def test_static_quantizer_refuses_to_run_uncalibrated():
     with pytest.raises(RuntimeError):
         ActQuantizer(4, cluster_index([4]))(torch.zeros(2, 4))

@@ -61,3 +61,10 @@ def test_run_data_names_files_inside_the_folder(data_dir):
                                       "sha256": config.run_data(args)[0]["sha256"]}]
     other = [{**config.run_data(args)[0], "sha256": "0" * 64}]
     assert "ptb eval ptb/ptb.valid.txt" in config.data_difference(other, config.run_data(args))
+
+
+def test_a_saved_model_refuses_every_quantization_and_calibration_flag_but_seqlen():
+    """SAVED_FLAGS must follow the parser: a new quantization flag left out of it would be silently ignored."""
+    parser = config.build_parser()
+    groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+    assert set(config.SAVED_FLAGS) == (groups["quantization"] | groups["calibration"]) - {"seqlen"}

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from quantize import PackedLinear
 from rptq.cluster import ClusterError
 
 
@@ -74,6 +75,18 @@ def test_cached_generation_equals_the_full_forward(opt_case, quantized, cached_a
         channels = stored.transpose(1, 2).flatten(2)  # [b, heads, s, d] -> [b, s, heads * d], the proj's order
         assert torch.allclose(proj.rptq_output_quant(channels), channels, atol=1e-5)  # stored on the grid
         assert channels.unique().numel() <= 16 * proj.rptq_output_quant.n_clusters
+
+
+@pytest.mark.parametrize("w_quantizer", ["gptq", "normal"])
+def test_every_quantized_linear_keeps_the_grid_it_was_quantized_on(opt_case, quantized, w_quantizer):
+    model, calib, _ = opt_case
+    q, _ = quantized(model, calib, wbits=3, abits=16, w_quantizer=w_quantizer)
+    linears = [m for m in q.model.decoder.layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 12 and all(lin.rptq_weight_grid.bits == 3 for lin in linears)
+    for lin in (q.model.decoder.layers[0].self_attn.k_proj, q.model.decoder.layers[1].fc2):
+        x = torch.randn(2, 5, lin.in_features)
+        assert torch.equal(PackedLinear.from_linear(lin, lin.rptq_weight_grid)(x), lin(x))
+    assert not hasattr(q.lm_head, "rptq_weight_grid")
 
 
 def test_dynamic_activations_need_no_calibrated_ranges(opt_case, quantized):

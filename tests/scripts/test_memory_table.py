@@ -155,3 +155,16 @@ def test_an_empty_paper_table_exits_2_with_one_line(run_script, one_line_error, 
 def test_an_output_under_a_regular_file_exits_2_with_one_line(run_script, one_line_error, tmp_path):
     (tmp_path / "file").write_text("")
     one_line_error(run_script("--model", "opt-1.3b", "--output", tmp_path / "file" / "t.csv"), "cannot write")
+
+
+def test_a_llama_shape_counts_grouped_kv_heads_and_three_mlp_matrices():
+    from transformers import LlamaConfig, OPTConfig
+
+    smol = memory_table.shape_of(LlamaConfig(hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
+                                             vocab_size=49152, num_attention_heads=9, num_key_value_heads=3))
+    assert smol.kv_width == 192
+    assert memory_table.linear_weight_count(smol) == 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
+    assert memory_table.kv_cache_gib(smol, 16, 1, 2048) * memory_table.GIB == 2 * 30 * 2048 * 192 * 2
+    opt = memory_table.shape_of(OPTConfig(hidden_size=2048, num_attention_heads=32, ffn_dim=8192,
+                                          num_hidden_layers=24, vocab_size=50272, word_embed_proj_dim=2048))
+    assert opt == memory_table.OPT_SHAPES["opt-1.3b"]

@@ -1,0 +1,256 @@
+"""Bytes really held by saved quantized models (the parameters and buffers of the loaded model) and by their K/V
+cache after prefilling B x S tokens, for FP16 and the settings of the paper's Table 3, beside memory_table.py's
+analytic numbers for the same shapes.
+
+    python scripts/measure_memory.py [--models smollm2-135m,opt-1.3b] [--seqlen 2048,256] [--batch 1]
+                                     [--settings FP16,W16A16,W4A16,...] [--work out/memory]
+                                     [--output results/memory_measured.csv] [--plot results/memory_measured.png]
+
+opt-1.3b is a random OPT of that shape (scripts/make_random_opt.py, made in --work if missing): no OPT checkpoint
+can be downloaded here, and bytes depend on shapes only. Each setting is quantized with round-to-nearest weights on
+one random calibration window (bytes do not depend on the calibration either), saved in --work/MODEL/SETTING (kept:
+a rerun loads it again), loaded with its float parts in float16, and prefilled with random tokens through the
+low-bit cache where K and V are quantized, the standard float16 cache otherwise. FP16 is the float model itself.
+"""
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rptq.cli import OneLineParser, UsageError, guarded
+from rptq.files import atomic_write
+from scripts import memory_table
+
+PROG = "measure_memory.py"
+SETTINGS = ("FP16", *memory_table.PAPER_SETTINGS)
+MODELS = ("smollm2-135m", "opt-1.3b")
+MIB = 2 ** 20
+CALIB_TOKENS = 128
+COLUMNS = ("model", "setting", "batch", "seqlen", "weight_codes", "weight_grids", "linear_float", "embeddings",
+           "other", "weights", "kv_values", "kv_grids", "kv", "analytic_linear", "analytic_weights", "analytic_kv",
+           "linear_ratio", "weights_ratio", "kv_ratio", "kv_vs_fp16")
+
+
+def model_source(name, work):
+    """The model to quantize: SmolLM2 as shipped, or a random OPT of opt-1.3b's shape made once in work."""
+    if name == "smollm2-135m":
+        return name
+    from scripts.make_random_opt import make_random_opt
+
+    folder = work / "opt-1.3b-random"
+    if not (folder / "config.json").is_file():
+        shape = memory_table.OPT_SHAPES["opt-1.3b"]
+        make_random_opt(folder, shape.num_hidden_layers, shape.hidden_size, shape.num_attention_heads, shape.ffn_dim)
+    return str(folder)
+
+
+def setting_config(label):
+    """RPTQConfig of a Table 3 setting: round-to-nearest weights; W16A16 is the reorder with every quantizer off."""
+    from rptq.config import RPTQConfig
+
+    wbits, abits, kvbits = memory_table.parse_setting(label)
+    only_kv = abits == memory_table.FP16_BITS and kvbits < memory_table.FP16_BITS
+    return RPTQConfig(wbits=wbits, abits=kvbits if only_kv else abits, only_quant_kv=only_kv, w_quantizer="normal")
+
+
+def saved_model(source, label, folder):
+    """folder holds `label` of source, saved once (a complete earlier save is reused)."""
+    from models import load_model
+    from rptq import artifact
+    from rptq.pipeline import quantize_model
+
+    if (folder / artifact.MANIFEST).is_file():
+        return folder
+    model, tokenizer, adapter = load_model(source, torch.float32)
+    cfg = setting_config(label)
+    calib = torch.randint(0, len(tokenizer), (1, CALIB_TOKENS), generator=torch.Generator().manual_seed(0))
+    report = quantize_model(model, adapter, calib, cfg, progress=False)
+    artifact.prepare_folder(folder)
+    artifact.save(model, tokenizer, folder, cfg.describe(), {
+        "source_model": source, "calibration": {"random_tokens": CALIB_TOKENS, "nsamples": 1},
+        "clusters_per_layer": report["clusters_per_layer"]})
+    return folder
+
+
+def weight_bytes(model, adapter):
+    """Bytes of the parameters and buffers, each tensor once (a tied lm_head is the embedding), by what they are."""
+    from quantize import PackedLinear
+
+    in_layers = {id(m) for m in adapter.layers(model).modules()}
+    parts = dict.fromkeys(("weight_codes", "weight_grids", "linear_float", "embeddings", "other"), 0)
+    seen = set()
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor.data_ptr() in seen:
+                continue
+            seen.add(tensor.data_ptr())
+            if isinstance(module, PackedLinear):
+                part = {"codes": "weight_codes", "bias": "other"}.get(name, "weight_grids")
+            elif isinstance(module, nn.Linear) and name == "weight":
+                part = "linear_float" if id(module) in in_layers else "embeddings"  # outside the layers: lm_head
+            elif isinstance(module, nn.Embedding):
+                part = "embeddings"
+            else:
+                part = "other"  # norms, biases, norm permutations, activation quantizers, rotary tables
+            parts[part] += tensor.nbytes
+    return parts
+
+
+@torch.no_grad()
+def kv_bytes(model, adapter, batch, seqlen):
+    """(K/V values, grids): bytes the cache holds after one prefill of batch x seqlen random tokens."""
+    from quantize.kvcache import PackedKVLayer, cache_nbytes
+    from rptq.generate import new_cache
+
+    cache = new_cache(model, adapter)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=torch.Generator().manual_seed(0))
+    model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    grids = sum(layer.key_grid.nbytes() + layer.value_grid.nbytes() for layer in cache.layers
+                if isinstance(layer, PackedKVLayer))
+    return cache_nbytes(cache) - grids, grids
+
+
+def analytic_bytes(shape, label, batch, seqlen):
+    """memory_table.py's numbers in bytes: the layers' Linears, all weights as the paper counts them, K/V."""
+    wbits, _, kvbits = memory_table.parse_setting("W16A16" if label == "FP16" else label)
+    return {"analytic_linear": memory_table.linear_weight_count(shape) * wbits // 8,
+            "analytic_weights": round(memory_table.weight_gib(shape, wbits) * memory_table.GIB),
+            "analytic_kv": round(memory_table.kv_cache_gib(shape, kvbits, batch, seqlen) * memory_table.GIB)}
+
+
+def measure(name, label, source, work, batch, seqlen):
+    from models import load_model
+    from rptq import artifact
+
+    if label == "FP16":
+        model, _, adapter = load_model(source, torch.float16)
+    else:
+        model, _, adapter, _ = artifact.load(saved_model(source, label, work / name / label), torch.float16)
+    parts = weight_bytes(model, adapter)
+    kv_values, kv_grids = kv_bytes(model, adapter, batch, seqlen)
+    row = {"model": name, "setting": label, "batch": batch, "seqlen": seqlen, **parts,
+           "weights": sum(parts.values()), "kv_values": kv_values, "kv_grids": kv_grids, "kv": kv_values + kv_grids,
+           **analytic_bytes(memory_table.shape_of(model.config), label, batch, seqlen)}
+    row["linear_ratio"] = (row["weight_codes"] + row["linear_float"]) / row["analytic_linear"]
+    row["weights_ratio"] = row["weights"] / row["analytic_weights"]
+    row["kv_ratio"] = row["kv"] / row["analytic_kv"]
+    return row
+
+
+def with_fp16_ratio(rows):
+    fp16 = {row["model"]: row["kv"] for row in rows if row["setting"] == "FP16"}
+    for row in rows:
+        row["kv_vs_fp16"] = row["kv"] / fp16[row["model"]] if row["model"] in fp16 else ""
+    return rows
+
+
+def format_value(value):
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
+def write_csv(rows, path):
+    def write(f):
+        writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: format_value(v) for k, v in row.items()} for row in rows)
+
+    atomic_write(path, write)
+
+
+def summary_table(rows):
+    from rptq.report import format_table
+
+    def mib(value):
+        return f"{value / MIB:.1f}"
+
+    return format_table(
+        ["model", "setting", "B x S", "weights MiB", "codes+grids", "float parts", "analytic", "Linear meas/an",
+         "K/V MiB", "analytic", "K/V meas/an", "K/V / FP16"],
+        [[r["model"], r["setting"], f"{r['batch']} x {r['seqlen']}", mib(r["weights"]),
+          mib(r["weight_codes"] + r["weight_grids"]), mib(r["linear_float"] + r["embeddings"] + r["other"]),
+          mib(r["analytic_weights"]), f"{r['linear_ratio']:.3f}", mib(r["kv"]), mib(r["analytic_kv"]),
+          f"{r['kv_ratio']:.3f}", f"{r['kv_vs_fp16']:.3f}" if r["kv_vs_fp16"] != "" else ""] for r in rows])
+
+
+def plot(rows, path):
+    """Stacked bars per setting, weights under K/V, one panel per model; a cross marks memory_table's total."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        mine = [row for row in rows if row["model"] == name]
+        x = range(len(mine))
+        weights = [row["weights"] / MIB for row in mine]
+        kv = [row["kv"] / MIB for row in mine]
+        ax.bar(x, weights, label="weights (measured)", color="tab:blue")
+        ax.bar(x, kv, bottom=weights, label="K/V cache (measured)", color="tab:orange")
+        ax.scatter(x, [(row["analytic_weights"] + row["analytic_kv"]) / MIB for row in mine], marker="x",
+                   color="black", zorder=3, label="memory_table.py: weights + K/V")
+        ax.set_xticks(list(x), [row["setting"] for row in mine], rotation=30)
+        ax.set_ylabel("MiB")
+        ax.set_title(f"{name}, K/V after a {mine[0]['batch']} x {mine[0]['seqlen']} prefill")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
+
+
+def comma_list(text, allowed, flag):
+    values = [v for v in text.split(",") if v]
+    unknown = [v for v in values if v not in allowed]
+    if not values or unknown:
+        raise UsageError(f"--{flag}: unknown {', '.join(unknown) or 'empty list'} (choose from {', '.join(allowed)})")
+    return values
+
+
+def build_parser():
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
+    p.add_argument("--seqlen", default="2048,256", help="prefill tokens per sequence, one per model")
+    p.add_argument("--batch", type=int, default=1, help="sequences prefilled at once")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--work", type=Path, default=Path("out/memory"), help="saved models (kept and reused)")
+    p.add_argument("--output", type=Path, default=None, help="CSV, written atomically")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of stacked bars")
+    return p
+
+
+def run(args):
+    models = comma_list(args.models, MODELS, "models")
+    settings = comma_list(args.settings, SETTINGS, "settings")
+    try:
+        lengths = [int(s) for s in args.seqlen.split(",")]
+    except ValueError:
+        raise UsageError(f"--seqlen takes a comma list of integers, got '{args.seqlen}'") from None
+    if len(lengths) != len(models) or min(lengths) < 1 or args.batch < 1:
+        raise UsageError(f"--seqlen needs one positive length per model ({len(models)}), --batch a positive number")
+    rows = []
+    for name, seqlen in zip(models, lengths):
+        source = model_source(name, args.work)
+        for label in settings:
+            rows.append(measure(name, label, source, args.work, args.batch, seqlen))
+            print(f"{PROG}: {name} {label} measured", file=sys.stderr)
+    rows = with_fp16_ratio(rows)
+    print(summary_table(rows))
+    if args.output:
+        write_csv(rows, args.output)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return guarded(PROG, lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""quantize/pack.py: dense bit packing on its own."""
+import pytest
+import torch
+
+from quantize.pack import pack_codes, packed_size, unpack_codes
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("count", [1, 3, 7, 8, 13, 64, 1001])
+def test_pack_then_unpack_gives_the_codes_back_in_dense_bytes(bits, count):
+    gen = torch.Generator().manual_seed(bits * 1000 + count)
+    codes = torch.randint(0, 2 ** bits, (2, 3, count), generator=gen, dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 3, -(-count * bits // 8))
+    assert torch.equal(unpack_codes(packed, bits, count), codes)
+
+
+def test_each_row_packs_on_its_own():
+    codes = torch.randint(0, 8, (5, 11), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    packed = pack_codes(codes, 3)
+    for row in range(5):
+        assert torch.equal(packed[row], pack_codes(codes[row], 3))
+
+
+@pytest.mark.parametrize("bits, codes, expected", [
+    (3, [1, 2, 3], [0b11010001, 0b0]),            # 001, 010, 011 from the lowest bit up; the 9th bit spills over
+    (4, [0x3, 0xA, 0xF], [0xA3, 0x0F]),
+    (5, [31, 1], [0b00111111, 0b0]),
+    (2, [3, 0, 1, 2, 1], [0b10010011, 0b01]),
+])
+def test_the_bit_layout_is_a_little_endian_stream(bits, codes, expected):
+    assert pack_codes(torch.tensor(codes, dtype=torch.uint8), bits).tolist() == expected
+
+
+def test_sizes_and_bad_input():
+    assert packed_size(192, 3) == 72 and packed_size(10, 3) == 4 and packed_size(5, 8) == 5
+    with pytest.raises(ValueError, match="1 to 8 bits"):
+        pack_codes(torch.zeros(4, dtype=torch.uint8), 9)
+    with pytest.raises(AssertionError, match="take 2 bytes"):
+        unpack_codes(torch.zeros(3, dtype=torch.uint8), 4, 4)

@@ -1,0 +1,62 @@
+"""quantize/packed.py: weight grids as the quantizers chose them, and the Linear that keeps its weight packed."""
+import pytest
+import torch
+from torch import nn
+
+from quantize import GPTQ, cluster_index, column_groups, quantize_rtn
+from quantize.packed import GridError, PackedLinear, WeightGrid
+
+GROUPS = cluster_index([5, 9, 3])  # 17 input columns in 3 groups of uneven sizes
+
+
+def _linear(rows=6, cols=17, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(cols, rows, bias=bias)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_a_packed_linear_gives_the_fake_quantized_linear_exactly(bits):
+    linear = _linear(bias=bits % 2 == 0)
+    grid = WeightGrid.from_expanded(bits, GROUPS, *quantize_rtn(linear, GROUPS, bits))
+    packed = PackedLinear.from_linear(linear, grid)
+    x = torch.randn(4, 3, 17)
+    assert torch.equal(packed(x), linear(x))
+    assert packed.codes.dtype == torch.uint8 and packed.codes.numel() == -(-6 * 17 * bits // 8)  # dense, 3 bits too
+    assert packed.scale.shape == packed.zero.shape == (6, 3) and packed.groups.tolist() == GROUPS.tolist()
+
+
+def test_gptq_with_act_order_gives_the_grid_of_each_column_group():
+    linear = _linear(rows=8, cols=32, seed=1)
+    groups = column_groups("group", 32, groupsize=8)
+    gptq = GPTQ(32)
+    gptq.add_batch(torch.randn(256, 32, generator=torch.Generator().manual_seed(0)))
+    scale, zero = gptq.quantize(linear, groups, 3, act_order=True)
+    grid = WeightGrid.from_expanded(3, groups, scale, zero)
+    assert grid.scale.shape == (8, 4)
+    assert torch.equal(grid.expanded()[0], scale) and torch.equal(grid.expanded()[1], zero)
+    x = torch.randn(5, 32)
+    assert torch.equal(PackedLinear.from_linear(linear, grid)(x), linear(x))
+
+
+def test_a_weight_off_its_grid_is_refused_not_packed():
+    linear = _linear()
+    grid = WeightGrid.from_expanded(4, GROUPS, *quantize_rtn(linear, GROUPS, 4))
+    with torch.no_grad():
+        linear.weight[2, 3] += 0.3 * grid.scale[2, 0]
+    with pytest.raises(GridError, match="not on its 4-bit grid"):
+        PackedLinear.from_linear(linear, grid)
+
+
+def test_scales_that_vary_inside_a_group_are_refused():
+    scale, zero = torch.ones(2, 4), torch.zeros(2, 4)
+    scale[1, 3] = 2
+    with pytest.raises(GridError, match="vary inside a column group"):
+        WeightGrid.from_expanded(4, torch.zeros(4, dtype=torch.long), scale, zero)
+
+
+def test_half_precision_weights_pack_too():
+    linear = _linear(seed=2)
+    grid = WeightGrid.from_expanded(4, GROUPS, *quantize_rtn(linear, GROUPS, 4))
+    half = linear.half()
+    packed = PackedLinear.from_linear(half, grid)
+    assert torch.equal(packed.dequantized_weight(torch.float16), half.weight)
