@@ -5,10 +5,11 @@ import importlib
 import pkgutil
 
 from .adapter import FAMILIES, ActSite, DecoderAdapter, ModelError, ReorderPoint
-from .loader import adapter_for, load_model, load_tokenizer, model_names, weights_source
+from .loader import adapter_for, load_lazily, load_model, load_tokenizer, model_names, weights_source
+from .weights import WeightStore
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["FAMILIES", "ActSite", "DecoderAdapter", "ReorderPoint", "ModelError", "adapter_for",
-           "load_model", "load_tokenizer", "model_names", "weights_source"]
+           "WeightStore", "load_lazily", "load_model", "load_tokenizer", "model_names", "weights_source"]
