@@ -7,7 +7,7 @@ import sys
 import time
 
 import datautils
-from rptq import artifact, config, record
+from rptq import artifact, config, memory, placement, record
 from rptq.cli import check_positions, dtype_name, guarded, note, pick_device
 
 PROG = "main.py"
@@ -19,7 +19,14 @@ def run(args, given=frozenset(), written=None):
     manifest = artifact.read_manifest(args.model) if artifact.is_saved(args.model) else None  # a saved model
     for line in config.check_args(args, given, manifest and manifest["label"]):
         note(PROG, line)
+    with placement.scratch_folder(args.offload_folder) as folder:
+        return quantize_and_evaluate(args, folder, manifest, written)
+
+
+def quantize_and_evaluate(args, folder, manifest, written):
     device, dtype = pick_device(args.device, args.dtype)
+    max_memory = config.max_memory(args)
+    placement.check_budgets(max_memory)
     data_dir = datautils.resolve_data_dir(args.data_dir)
     run_rptq = config.runs_rptq(args)
     datautils.check_sources(config.ppl_sets(args) if args.eval_ppl else (),
@@ -27,7 +34,7 @@ def run(args, given=frozenset(), written=None):
     if args.save:
         artifact.prepare_folder(args.save)  # before calibration, so that a long run is not lost to a bad folder
 
-    from models import empty_model, load_config, load_model, weights_source
+    from models import WeightStore, empty_model, load_config, load_lazily, load_model, weights_source
     from rptq.evaluate import perplexity, zero_shot
     from rptq.files import check_writable
     from rptq.pipeline import check_clusters, quantize_model
@@ -51,18 +58,32 @@ def run(args, given=frozenset(), written=None):
                                            "seqlen": args.seqlen, "limit": args.limit, **calibration})
     check_writable(out)
 
+    lazy = args.offload_folder is not None or args.device_map is not None
+    if lazy:
+        memory.map_large_allocations()
+    peaks = memory.PeakMemory()
     t0 = time.perf_counter()
-    if manifest:
-        model, tokenizer, adapter, manifest = artifact.load(args.model, dtype)
-        weights = artifact.weights_source(manifest, args.model)
-    else:
-        model, tokenizer, _ = load_model(args.model, dtype)
-        weights = weights_source(args.model)
+    with peaks.stage("load"):
+        if manifest:  # packed weights: small enough to load whole
+            model, tokenizer, adapter, manifest = artifact.load(args.model, dtype)
+            weights, store = artifact.weights_source(manifest, args.model), WeightStore(model, folder=folder)
+        elif lazy:
+            model, tokenizer, adapter, store = load_lazily(args.model, dtype, folder)
+            weights = weights_source(args.model)
+        else:
+            model, tokenizer, adapter = load_model(args.model, dtype)
+            weights, store = weights_source(args.model), WeightStore(model)
+    if lazy and not store.lazy and not manifest:
+        note(PROG, f"{args.model} has no safetensors or .bin checkpoint to read layer by layer: loaded whole")
+    device_map = (placement.plan(model, adapter, args.device_map, max_memory, device, folder) if args.device_map
+                  else None)
     rec = record.new_record(args.model, weights, adapter.family, label,
                             record.settings_of(args, device, dtype_name(dtype)), quantization, config.run_data(args))
     if manifest:
         rec["saved_model"] = artifact.saved_model_record(manifest, args.model)
     rec["timings_s"]["load"] = time.perf_counter() - t0
+    rec["peak_memory_mb"] = peaks.by_stage  # filled as each stage ends
+    rec["placement"] = {"loading": "lazy" if store.lazy else "whole", "device_map": device_map}
     ds_kwargs = {"data_dir": data_dir, "seqlen": args.seqlen, "cache_dir": args.cache_dir}
 
     if run_rptq:
@@ -70,9 +91,11 @@ def run(args, given=frozenset(), written=None):
             print(f"{label}: calibrating, clustering and reordering R{','.join(cfg.reorder) or ' none'} "
                   "with every quantizer off", file=sys.stderr)
         t = time.perf_counter()
-        calib = datautils.get_calib_windows(args.calib_dataset, tokenizer, args.nsamples, args.seed, **ds_kwargs)
+        with peaks.stage("calibration_data"):
+            calib = datautils.get_calib_windows(args.calib_dataset, tokenizer, args.nsamples, args.seed, **ds_kwargs)
         rec["timings_s"]["calibration_data"] = time.perf_counter() - t
-        report = quantize_model(model, adapter, calib, cfg)
+        with peaks.stage("quantization"):
+            report = quantize_model(model, adapter, calib, cfg, store=store)
         rec["timings_s"].update(report["timings_s"])
         rec["clusters_per_layer"] = report["clusters_per_layer"]
         if args.save:
@@ -86,14 +109,19 @@ def run(args, given=frozenset(), written=None):
             rec["saved_to"] = args.save
         record.write(out, rec)
         written.append(out)
-    model.to(device)
+    t = time.perf_counter()
+    with peaks.stage("placement"):
+        main_device = placement.place(model, store, device, device_map)
+    rec["timings_s"]["placement"] = time.perf_counter() - t
+    rec["placement"]["main_device"] = main_device
 
     rows = []
     if args.eval_ppl:
         for name in config.ppl_sets(args):
-            windows = datautils.get_eval_windows(name, tokenizer, **ds_kwargs)
             name_out = datautils.eval_label(name, data_dir)
-            res = perplexity(model, windows, device, args.limit, desc=f"{name_out} ppl")
+            with peaks.stage(f"eval_{name_out}"):
+                windows = datautils.get_eval_windows(name, tokenizer, **ds_kwargs)
+                res = perplexity(model, windows, main_device, args.limit, desc=f"{name_out} ppl")
             rec["ppl"][name_out] = res
             rec["timings_s"][f"eval_{name_out}"] = res["seconds"]
             record.write(out, rec)
@@ -102,7 +130,8 @@ def run(args, given=frozenset(), written=None):
                          f"{res['windows']}/{res['windows_total']}", f"{res['seconds_per_window']:.2f}"])
     task_rows = []
     if args.tasks:
-        zs = zero_shot(model, tokenizer, task_plan, args.num_fewshot, args.limit, args.batch_size, device)
+        with peaks.stage("zero_shot"):
+            zs = zero_shot(model, tokenizer, task_plan, args.num_fewshot, args.limit, args.batch_size, main_device)
         rec["zero_shot"] = zs
         rec["timings_s"]["zero_shot"] = zs["seconds"]
         for task in zs["results"].values():

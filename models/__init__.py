@@ -5,10 +5,21 @@ import importlib
 import pkgutil
 
 from .adapter import FAMILIES, ActSite, DecoderAdapter, ModelError, ReorderPoint
-from .loader import adapter_for, empty_model, load_config, load_model, load_tokenizer, model_names, weights_source
+from .loader import (
+    adapter_for,
+    empty_model,
+    load_config,
+    load_lazily,
+    load_model,
+    load_tokenizer,
+    model_names,
+    weights_source,
+)
+from .weights import WeightStore
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["FAMILIES", "ActSite", "DecoderAdapter", "ReorderPoint", "ModelError", "adapter_for", "empty_model",
-           "load_config", "load_model", "load_tokenizer", "model_names", "weights_source"]
+__all__ = ["FAMILIES", "ActSite", "DecoderAdapter", "ReorderPoint", "ModelError", "WeightStore", "adapter_for",
+           "empty_model", "load_config", "load_lazily", "load_model", "load_tokenizer", "model_names",
+           "weights_source"]

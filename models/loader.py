@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from .adapter import FAMILIES, ModelError
 from .hub import hub_offline, hub_reachable
+from .weights import WeightStore, checkpoint_files
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,26 +112,32 @@ def load_config(name):
     return config, adapter_for(config)
 
 
-def empty_model(config):
-    """The model's modules with no weights (on the meta device): enough to read shapes before anything loads."""
+def empty_model(config, dtype=None):
+    """The model's modules with no weights (on the meta device): enough to read shapes before anything loads.
+    Buffers such as rotary frequencies are computed, not read, so they are made for real."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {})).eval()
+
+
+def _quiet_loading(kwargs):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
+    if "gguf_file" in kwargs:
+        import transformers.modeling_gguf_pytorch_utils as gguf_loading
+
+        gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey the switch above
 
 
 def load_model(name, dtype=torch.float32):
     """Return (model, tokenizer, adapter); the model stays on the CPU in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
     source, kwargs = resolve(name)
-    if "gguf_file" in kwargs:
-        import transformers.modeling_gguf_pytorch_utils as gguf_loading
-
-        gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey the switch above
+    _quiet_loading(kwargs)
     _, adapter = load_config(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -138,3 +145,39 @@ def load_model(name, dtype=torch.float32):
     except OSError as e:  # e.g. a cached config.json without its weights, or a folder missing a file
         raise ModelError(f"cannot load {name} from {source}: {str(e).splitlines()[0]}") from None
     return model, tokenizer, adapter
+
+
+def _file_finder(source, kwargs):
+    """find(file name) -> local path or None, in a model folder or in the local Hugging Face cache of a hub model
+    (lazy loading never downloads: a model too big for memory is fetched beforehand, `hf download REPO`)."""
+    if Path(source).is_dir():
+        return lambda file: Path(source) / file if (Path(source) / file).is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    return lambda file: found if isinstance(found := try_to_load_from_cache(source, file), str) else None
+
+
+def load_lazily(name, dtype=torch.float32, folder=None):
+    """Return (model, tokenizer, adapter, store) with the model built empty: only the modules outside the decoder
+    layers (embeddings, final norm, head) are read now, each layer when `store` loads it. A checkpoint that cannot
+    be read tensor by tensor (GGUF) is loaded whole (store.lazy is False). folder: where store offloads modules."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = resolve(name)
+    files = None if "gguf_file" in kwargs else checkpoint_files(_file_finder(source, kwargs))
+    if files is None:
+        model, tokenizer, adapter = load_model(name, dtype)
+        return model, tokenizer, adapter, WeightStore(model, folder=folder)
+    _quiet_loading(kwargs)
+    config, adapter = load_config(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelError(f"cannot load {name}'s tokenizer from {source}: {str(e).splitlines()[0]}") from None
+    model = empty_model(config, dtype)
+    model.tie_weights()
+    store = WeightStore(model, files, folder)
+    layers = store.module_name(adapter.layers(model))
+    store.load_tensors([k for k, p in model.named_parameters() if p.device.type == "meta"
+                        and not k.startswith(f"{layers}.")], "cpu")
+    return model, tokenizer, adapter, store

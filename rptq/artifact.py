@@ -20,7 +20,7 @@ from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import INDEX_DTYPE, ZERO_DTYPE
 
-from .files import atomic_save, atomic_write
+from .files import atomic_path, atomic_write
 from .reorder import attach_norm_perm
 
 FORMAT = "rptq-quantized-model"
@@ -115,8 +115,8 @@ def save(model, tokenizer, folder, settings, provenance):
     float_tensors, tied = _float_tensors(model, covered)
     tensors.update(float_tensors)
     tensor_file = folder / TENSORS
-    atomic_save(tensor_file, lambda tmp: safetensors.torch.save_file(
-        tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
+    with atomic_path(tensor_file) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": adapter_for(model.config).family,
         "config": json.loads(model.config.to_json_string(use_diff=False)), "dtype": str(model.dtype).split(".")[-1],

@@ -5,6 +5,7 @@ One home for the constants too, so that main.py, the pipeline and the scripts al
 import argparse
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import datautils
 from models import model_names
@@ -25,6 +26,10 @@ W_QUANTIZERS = ("gptq", "normal")
 # dynamic ranges per token (as OmniQuant and QuaRot).
 A_GRANULARITIES = ("cluster", "fixed", "channel", "token")
 DTYPES = ("float32", "float16", "bfloat16")
+DEVICE_MAPS = ("auto", "balanced", "sequential")  # accelerate's; auto is balanced, as in transformers
+# --max_memory units; B is bytes in any case (accelerate reads a lowercase b as bits), a bare number is bytes
+SIZE_UNITS = {"": 1, "b": 1, **{f"{p}b": 1000 ** (i + 1) for i, p in enumerate("kmgt")},
+              **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgt")}}
 # A mode flag that cannot hold in a run is a contradiction and refused; any other idle flag only gets a note,
 # so that shell sweeps can pass the same flags to every setting, as the authors' scripts do.
 CONTRADICTIONS = ("only_quant_kv", "a_dynamic")
@@ -185,6 +190,17 @@ def build_parser(prog="main.py", description=None):
     r.add_argument("--save", default=None, metavar="DIR",
                    help="after calibration, write the quantized model (packed weights, quantizer parameters, "
                         "tokenizer) into DIR, a new or empty folder; `main.py DIR` loads it")
+    r.add_argument("--device_map", choices=DEVICE_MAPS, default=None,
+                   help="evaluate with the model spread by accelerate over GPUs, CPU memory and --offload_folder, "
+                        "each decoder layer whole on one device (balanced: even over the GPUs, auto: the same; "
+                        "sequential: fill GPU 0 first); the model is then loaded lazily")
+    r.add_argument("--max_memory", default=None,
+                   help="budgets for --device_map, e.g. 0=70GiB,1=70GiB,cpu=200GiB (GPU indices and cpu; KB..TB or "
+                        "KiB..TiB, B always bytes); default: what the devices have free")
+    r.add_argument("--offload_folder", default=None,
+                   help="load the model lazily (one decoder layer in memory at a time, read from the safetensors or "
+                        ".bin shards), write each quantized layer to this folder, and let --device_map put layers "
+                        "there; a fresh subfolder per run, removed at the end")
     return p
 
 
@@ -221,9 +237,15 @@ def idle_flags(args, given):
         "a_dynamic": acts and args.a_granularity != "token", "a_granularity": rptq,
         "bit_mode": acts and not args.only_quant_kv, "grid": weights or acts,
         "ppl_datasets": args.eval_ppl, "num_fewshot": bool(args.tasks), "batch_size": bool(args.tasks),
+        "max_memory": args.device_map is not None, "offload_folder": rptq or args.device_map is not None,
         **{f"R{i}_clusters": rptq and str(i) in reorder_points(args) for i in range(1, 6)},
     }
     return [f"--{flag}" for flag, need in needed.items() if flag in given and not need]
+
+
+# what an idle flag would need, for its note
+IDLE_BECAUSE = {"--num_fewshot": "no --tasks", "--batch_size": "no --tasks", "--ppl_datasets": "no --eval_ppl",
+                "--max_memory": "no --device_map", "--offload_folder": "no --device_map"}
 
 
 def run_description(args):
@@ -272,16 +294,58 @@ def check_args(args, given=frozenset(), saved_label=None):
     if args.save is not None and not runs_rptq(args):
         raise UsageError(f"--save writes a quantized model, but this run quantizes nothing ({run_description(args)}); "
                          "set --wbits/--abits below 16 or --reorder")
+    if args.save is not None and args.offload_folder is not None:
+        raise UsageError("--save needs the quantized layers in memory, but --offload_folder writes them to disk and "
+                         "frees them: drop --offload_folder (a saved model, packed, loads whole; give it --device_map "
+                         "later)")
     if args.tasks and not task_names(args):
         raise UsageError("--tasks: no task names given")
+    max_memory(args)
+    if args.offload_folder is not None and Path(args.offload_folder).is_file():
+        raise UsageError(f"--offload_folder {args.offload_folder} is a file, not a folder")
     idle = idle_flags(args, given)
     contradictions = [f for f in idle if f[2:] in CONTRADICTIONS]
     if contradictions:
         raise UsageError(f"{', '.join(contradictions)} needs quantized activations, but this run has none "
                          f"({run_description(args)}): drop it or set --abits below 16")
     return [f"{flag} changes nothing in this run ({run_description(args)}"
-            f"{', no --tasks' if flag in ('--num_fewshot', '--batch_size') else ''}"
-            f"{', no --eval_ppl' if flag == '--ppl_datasets' else ''}): ignored" for flag in idle]
+            f"{', ' + IDLE_BECAUSE[flag] if flag in IDLE_BECAUSE else ''}): ignored" for flag in idle]
+
+
+def max_memory(args):
+    """--max_memory as accelerate takes it: {GPU index or "cpu": bytes}; None when not given; UsageError if bad."""
+    if args.max_memory is None:
+        return None
+    budgets = {}
+    for item in args.max_memory.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not (sep and key and value):
+            raise UsageError(f"--max_memory: '{item}' is not DEVICE=SIZE (e.g. 0=70GiB,1=70GiB,cpu=200GiB)")
+        device = _budget_device(key)
+        if device in budgets:
+            raise UsageError(f"--max_memory: {key} is given twice")
+        budgets[device] = _budget_bytes(key, value)
+    return budgets
+
+
+def _budget_device(key):
+    if key.lower() == "cpu":
+        return "cpu"
+    index = re.fullmatch(r"(?:cuda:)?(\d+)", key.lower())
+    if index is None:
+        raise UsageError(f"--max_memory: unknown device '{key}' (GPU indices 0, 1, ... and cpu; disk takes no "
+                         "budget, it holds whatever does not fit)")
+    return int(index.group(1))
+
+
+def _budget_bytes(key, value):
+    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b)?", value.lower())
+    if size is None or (size.group(2) or "") not in SIZE_UNITS or (not size.group(2) and "." in value):
+        raise UsageError(f"--max_memory: '{value}' for {key} is not a size such as 70GiB, 500MB or a number of bytes")
+    budget = int(float(size.group(1)) * SIZE_UNITS[size.group(2) or ""])
+    if budget <= 0:
+        raise UsageError(f"--max_memory: {key} gets no memory ({value}); leave the device out instead")
+    return budget
 
 
 def rptq_config(args, device):

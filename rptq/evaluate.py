@@ -88,9 +88,10 @@ def _metrics(harness_metrics):
 
 
 def zero_shot(model, tokenizer, plan, num_fewshot=0, limit=None, batch_size=1, device="cpu"):
-    """Metrics (accuracies 0-1) per task from lm-evaluation-harness on the model in memory, with the harness version
-    and batch size. plan: rptq.tasks.plan_tasks(names, data_dir), made before the model loads (tasks with local
-    files run from them, the others from the hub)."""
+    """Metrics (accuracies 0-1) per task from lm-evaluation-harness on the model in memory (or dispatched by
+    accelerate: device is then its main device), with the harness version and batch size.
+    plan: rptq.tasks.plan_tasks(names, data_dir), made before the model loads (tasks with local files run from them,
+    the others from the hub)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -98,6 +99,7 @@ def zero_shot(model, tokenizer, plan, num_fewshot=0, limit=None, batch_size=1, d
     start = time.perf_counter()
     with _quiet_harness():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm._device = torch.device(device)  # it takes the first parameter's device, "meta" if that one is offloaded
         try:
             out = lm_eval.simple_evaluate(model=lm, tasks=[p.spec for p in planned], task_manager=manager,
                                           num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device,

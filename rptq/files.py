@@ -8,24 +8,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path, write, binary=False):
-    """write(file) into a temporary file beside path, then rename it: readers never see half a file and an
-    interrupted run leaves the previous version intact."""
-    def save(tmp):
-        with open(tmp, "wb" if binary else "w") as f:
-            write(f)
-
-    atomic_save(path, save)
-
-
-def atomic_save(path, save):
-    """As atomic_write, for writers that take a file name: save(temporary path beside path), then rename."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary name beside path, for a writer that wants a file name; renamed to path when the block ends, removed
+    if it fails: readers never see half a file and an interrupted run leaves the previous version intact."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save(tmp)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; results are files like any other
         os.replace(tmp, path)
     except BaseException:
@@ -54,6 +46,12 @@ def check_writable(path, what="--output_path"):
         for folder in missing:
             with contextlib.suppress(OSError):  # a folder someone else has filled meanwhile stays
                 folder.rmdir()
+
+
+def atomic_write(path, write, binary=False):
+    """write(file) into a temporary file beside path, then rename it (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
 
 
 def write_text(path, text):

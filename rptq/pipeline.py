@@ -233,9 +233,23 @@ def use_site_attention(model, sites, quantized_probs=False):
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
 
+class InMemory:
+    """Where the layers wait by default: CPU memory; each visits the device for its turn."""
+
+    @staticmethod
+    def fetch(layer, device):
+        layer.to(device)
+
+    @staticmethod
+    def release(layer):
+        layer.to("cpu")
+
+
 @torch.no_grad()
-def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True):
-    """Quantize the model in place; returns timings per stage (seconds) and cluster counts."""
+def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True, store=InMemory):
+    """Quantize the model in place; returns timings per stage (seconds) and cluster counts. store: where each layer
+    waits while not on the device (models.WeightStore reads it from the checkpoint when its turn comes and can write
+    it to an offload folder once quantized)."""
     check_clusters(model, adapter, cfg)
     use_site_attention(model, [s for p in adapter.reorder_points(adapter.layers(model)[0]) for s in p.sites],
                        cfg.prob_bits is not None)
@@ -245,11 +259,11 @@ def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True
     timings["capture"] += time.perf_counter() - t
     clusters = []
     for layer in tqdm(adapter.layers(model), desc=f"RPTQ {cfg.label}", disable=not progress):
-        layer.to(cfg.device)
+        store.fetch(layer, cfg.device)
         clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, timings))
         t = time.perf_counter()  # (e)
         inputs = run_layer(layer, inputs, kwargs)
         timings["layer_outputs"] += time.perf_counter() - t
-        layer.to("cpu")
+        store.release(layer)
     return {"timings_s": dict(timings),
             "clusters_per_layer": clusters}

@@ -33,7 +33,7 @@ def output_file(args, label, hashed):
 def new_record(model, weights, family, label, settings, quantization, data):
     return {"model": model, "weights": weights, "family": family, "label": label, "status": RUNNING,
             "settings": settings, "quantization": quantization, "data": data, "versions": versions(),
-            "timings_s": {}, "ppl": {}, "zero_shot": None}
+            "timings_s": {}, "peak_memory_mb": {}, "placement": None, "ppl": {}, "zero_shot": None}
 
 
 def write(path, record):

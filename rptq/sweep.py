@@ -46,8 +46,9 @@ SETTINGS.update({f"{base}-{g}": [*SETTINGS[base], "--a_granularity", g]
 PAPER_ROWS = ("FP16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
 TASKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq")
 SWEEP_FLAGS = {"output_path", "eval_ppl", "tasks"}  # set by the sweep itself, never after --
-# where files are, not what the numbers are: may differ on resume (the data itself is compared by content)
-WHERE_FLAGS = {"output_path", "cache_dir", "data_dir"}
+# where files are and the model runs, not what the numbers are: may differ on resume (the data itself is compared by
+# content)
+WHERE_FLAGS = {"output_path", "cache_dir", "data_dir", "device_map", "max_memory", "offload_folder"}
 
 
 class SweepError(UsageError):

@@ -137,6 +137,24 @@ def save_quantized(quantized, smol_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def quantized_lazily():
+    """quantized_lazily(model folder, offload folder, calib, **RPTQConfig fields) -> (model, store): the model loaded
+    lazily and quantized one layer at a time, each finished layer written to the offload folder; small clusters
+    unless given, as quantized()."""
+    from models import load_lazily
+    from rptq.config import RPTQConfig
+    from rptq.pipeline import quantize_model
+
+    def run(folder, offload, calib, **kw):
+        model, _, adapter, store = load_lazily(str(folder), folder=offload)
+        quantize_model(model, adapter, calib, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}), progress=False,
+                       store=store)
+        return model, store
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def damage_saved():
     """damage_saved(folder, how) -> folder: break a saved model folder in place in one way: "corrupt" (a byte
     flipped), "truncated", "missing tensor" (layer 1's fc1 codes dropped, checksum updated: an OPT folder),
@@ -209,8 +227,8 @@ def smol_tokenizer(smollm2):
     return load_tokenizer(smollm2)
 
 
-def _saved(folder, model, tokenizer):
-    model.save_pretrained(folder)
+def _saved(folder, model, tokenizer, **save):
+    model.save_pretrained(folder, **save)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -219,6 +237,38 @@ def _saved(folder, model, tokenizer):
 def tiny_opt_dir(tmp_path_factory, smol_tokenizer):
     """A tiny random OPT saved like a real checkpoint (with the SmolLM2 tokenizer: OPT's is hub-only)."""
     return _saved(tmp_path_factory.mktemp("tiny-opt"), build_tiny_opt(vocab_size=len(smol_tokenizer)), smol_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_opt_shards(tmp_path_factory, smol_tokenizer):
+    """A 4-layer tiny random OPT saved in several safetensors shards, its layers spread over them."""
+    return _saved(tmp_path_factory.mktemp("tiny-opt-shards"), build_tiny_opt(vocab_size=len(smol_tokenizer), layers=4),
+                  smol_tokenizer, max_shard_size="300KB")
+
+
+@pytest.fixture(scope="session")
+def cpu_budget():
+    """cpu_budget(folder, layers_in_memory) -> bytes: a CPU budget under which accelerate's sequential map keeps
+    everything outside the decoder layers and the first layers_in_memory layers in CPU memory and sends the other
+    layers to disk (it also keeps room for the largest layer on the main device)."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import compute_module_sizes
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models import adapter_for
+
+    def budget(folder, layers_in_memory):
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        model.tie_weights()
+        sizes = compute_module_sizes(model)
+        names = {id(m): name for name, m in model.named_modules()}
+        layers = adapter_for(config).layers(model)
+        layer = sizes[names[id(layers[0])]]
+        return sizes[""] - sizes[names[id(layers)]] + (layers_in_memory + 1) * layer
+
+    return budget
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import models
-from models import FAMILIES, ModelError, adapter_for, load_model, model_names, weights_source
+from models import FAMILIES, ModelError, adapter_for, load_lazily, load_model, model_names, weights_source
 
 
 def test_every_family_module_registers_itself():
@@ -48,3 +48,12 @@ def test_local_folder_loads_through_the_same_path_as_a_hub_model(tiny_opt_dir):
     assert len(tokenizer) == model.config.vocab_size
     with pytest.raises(ModelError, match="no config.json"):
         load_model(str(tiny_opt_dir.parent))
+
+
+def test_a_gguf_model_cannot_be_read_layer_by_layer_and_loads_whole(smollm2, tmp_path):
+    model, _, adapter, store = load_lazily(smollm2, folder=tmp_path)
+    assert not store.lazy and adapter.family == "llama"
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    layer = adapter.layers(model)[0]
+    store.release(layer)  # still goes to the offload folder once quantized
+    assert layer.mlp.down_proj.weight.device.type == "meta" and len(list(tmp_path.iterdir())) == 1

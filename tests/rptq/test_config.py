@@ -29,6 +29,13 @@ def test_a_flag_idle_in_one_setting_of_a_shell_sweep_is_a_note():
     (["--tasks", ","], "--tasks: no task names given"),
     (["--tasks", "piqa", "--num_fewshot", "-1"], "--num_fewshot must not be negative"),
     (["--eval_ppl", "--limit", "0"], "--limit must be at least 1"),
+    (["--eval_ppl", "--device_map", "auto", "--max_memory", "0=70G"], "'70G' for 0 is not a size such as 70GiB"),
+    (["--eval_ppl", "--device_map", "auto", "--max_memory", "gpu0=1GiB"], "unknown device 'gpu0'"),
+    (["--eval_ppl", "--device_map", "auto", "--max_memory", "disk=1GiB"], "disk takes no budget"),
+    (["--eval_ppl", "--device_map", "auto", "--max_memory", "0=1GiB,cuda:0=2GiB"], "cuda:0 is given twice"),
+    (["--eval_ppl", "--device_map", "auto", "--max_memory", "cpu=0MiB"], "cpu gets no memory"),
+    (["--eval_ppl", "--device_map", "auto", "--max_memory", "cpu"], "'cpu' is not DEVICE=SIZE"),
+    (["--eval_ppl", "--offload_folder", __file__], "is a file, not a folder"),
 ])
 def test_contradictions_and_bad_values_are_refused(argv, expected):
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
@@ -68,3 +75,22 @@ def test_a_saved_model_refuses_every_quantization_and_calibration_flag_but_seqle
     parser = config.build_parser()
     groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
     assert set(config.SAVED_FLAGS) == (groups["quantization"] | groups["calibration"]) - {"seqlen"}
+
+
+def test_max_memory_becomes_accelerate_budgets_in_bytes():
+    args = config.build_parser().parse_args(["m", "--eval_ppl", "--device_map", "balanced", "--max_memory",
+                                             "0=70GiB, cuda:1=1.5GB,CPU=200gib"])
+    assert config.max_memory(args) == {0: 70 * 2 ** 30, 1: 1_500_000_000, "cpu": 200 * 2 ** 30}
+    args.max_memory = "cpu=512mb"  # B is bytes in any case (accelerate would read 512 megabits)
+    assert config.max_memory(args) == {"cpu": 512_000_000}
+    args.max_memory = None
+    assert config.max_memory(args) is None
+
+
+def test_placement_flags_that_change_nothing_get_a_note():
+    assert check("--eval_ppl", "--max_memory", "cpu=1GiB") == [
+        "--max_memory changes nothing in this run (--wbits 16 --abits 16, no --device_map): ignored"]
+    assert check("--eval_ppl", "--offload_folder", "off") == [
+        "--offload_folder changes nothing in this run (--wbits 16 --abits 16, no --device_map): ignored"]
+    assert check("--eval_ppl", "--wbits", "4", "--offload_folder", "off") == []  # quantized layers go there
+    assert check("--eval_ppl", "--device_map", "auto", "--offload_folder", "off", "--max_memory", "cpu=1GiB") == []

@@ -121,3 +121,23 @@ def test_stock_and_local_tasks_score_the_same_documents_alike(tiny_opt, smol_tok
         numbers = {k: v for k, v in local[name].items() if k not in ("label", "source")}
         assert numbers == {k: v for k, v in stock[name].items() if k not in ("label", "source")}
     assert 1 < local["lambada_openai"]["perplexity"] < float("inf")  # a continuous number: equal inputs throughout
+
+
+def test_zero_shot_runs_on_a_model_dispatched_with_its_embeddings_on_disk(tiny_opt_shards, smol_tokenizer,
+                                                                         task_data_dir, tmp_path):
+    """The harness takes a model's device from its first parameter, "meta" here: the main device is used instead."""
+    from transformers import AutoModelForCausalLM
+
+    from models import load_lazily
+    from rptq.placement import place
+
+    plan = plan_tasks(["piqa", "lambada_openai"], task_data_dir)
+    whole = AutoModelForCausalLM.from_pretrained(tiny_opt_shards).eval()
+    expected = zero_shot(whole, smol_tokenizer, plan, limit=3)["results"]
+    model, _, _, store = load_lazily(str(tiny_opt_shards), folder=tmp_path)
+    device_map = {"model.decoder.embed_tokens": "disk", "lm_head": "disk", "model.decoder.embed_positions": "cpu",
+                  "model.decoder.final_layer_norm": "cpu", "model.decoder.layers": "disk"}
+    assert place(model, store, "cpu", device_map) == "cpu" and model.device.type == "meta"
+    got = zero_shot(model, smol_tokenizer, plan, limit=3, device="cpu")["results"]
+    assert {t: (r["acc"], r.get("perplexity")) for t, r in got.items()} == {
+        t: (r["acc"], r.get("perplexity")) for t, r in expected.items()}

@@ -177,3 +177,21 @@ def test_per_token_ranges_keep_cached_decoding_equal_to_the_full_forward(opt_cas
     q, _ = quantized(model, calib, wbits=4, abits=4, a_granularity="token", w_quantizer="normal")
     cached, full, _ = cached_and_full_logits(q, test[:1, :16], pad_token_id=1)
     assert torch.allclose(cached, full, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(wbits=4, abits=4), dict(wbits=4, abits=8, w_quantizer="normal")])
+def test_lazy_quantization_is_bit_identical_to_the_in_memory_one(tiny_opt_shards, quantized, quantized_lazily,
+                                                                 tmp_path, kw):
+    """Layers read from several shards one at a time and written to an offload folder once quantized: the same
+    calibration inputs, clusters and weights as with the whole model in memory."""
+    from transformers import AutoModelForCausalLM
+
+    calib = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(3))
+    test = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(4))
+    whole, report = quantized(AutoModelForCausalLM.from_pretrained(tiny_opt_shards).eval(), calib, **kw)
+    lazy, store = quantized_lazily(tiny_opt_shards, tmp_path, calib, **kw)
+    assert all(p.device.type == "meta" for p in lazy.model.decoder.layers.parameters())  # all in the folder
+    store.load("", "cpu")
+    assert torch.equal(lazy(test).logits, whole(test).logits)
+    for a, b in zip(lazy.model.decoder.layers, whole.model.decoder.layers):
+        assert torch.equal(a.fc2.rptq_input_quant.index, b.fc2.rptq_input_quant.index)
