@@ -248,20 +248,21 @@ def tiny_opt_shards(tmp_path_factory, smol_tokenizer):
 
 @pytest.fixture(scope="session")
 def cpu_budget():
-    """cpu_budget(folder, layers_in_memory) -> bytes: a CPU budget under which accelerate's sequential map keeps
-    everything outside the decoder layers and the first layers_in_memory layers in CPU memory and sends the other
-    layers to disk (it also keeps room for the largest layer on the main device)."""
+    """cpu_budget(model or its folder, layers_in_memory) -> bytes: a CPU budget under which accelerate's sequential
+    map keeps everything outside the decoder layers and the first layers_in_memory layers in CPU memory and sends
+    the other layers to disk (it also keeps room for the largest layer on the main device)."""
     from accelerate import init_empty_weights
     from accelerate.utils import compute_module_sizes
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from models import adapter_for
 
-    def budget(folder, layers_in_memory):
-        config = AutoConfig.from_pretrained(folder)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config)
-        model.tie_weights()
+    def budget(model, layers_in_memory):
+        if isinstance(model, (str, os.PathLike)):
+            with init_empty_weights():
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+            model.tie_weights()
+        config = model.config
         sizes = compute_module_sizes(model)
         names = {id(m): name for name, m in model.named_modules()}
         layers = adapter_for(config).layers(model)

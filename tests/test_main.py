@@ -207,6 +207,21 @@ def test_a_saved_model_loads_without_calibration_and_gives_the_same_perplexity(s
     assert "loaded from a saved model" in proc.stdout
 
 
+def test_a_saved_model_runs_with_its_layers_on_disk(saved_run, ppl_run, cpu_budget, tmp_path):
+    """--device_map on a saved (packed) model: the embeddings and head stay in CPU memory, both layers are read
+    from disk at each forward, and the windows' NLLs are those of the run that saved it."""
+    from rptq import artifact
+
+    folder, saved = saved_run
+    budget = cpu_budget(artifact.load(folder)[0], 0)
+    _, res = ppl_run("dispatched", "--device_map", "sequential", "--max_memory", f"cpu={budget}",
+                     "--offload_folder", tmp_path / "off", model=folder)
+    assert res["ppl"]["wikitext2"]["nlls"] == saved["ppl"]["wikitext2"]["nlls"]
+    device_map = res["placement"]["device_map"]
+    assert {v for k, v in device_map.items() if ".layers" in k} == {"disk"}, device_map
+    assert device_map["model.decoder.embed_tokens"] == "cpu"
+
+
 def test_flags_that_would_quantize_a_saved_model_again_are_refused(run_cli, one_line_error, saved_run):
     folder, _ = saved_run
     proc = run_cli("main.py", folder, "--eval_ppl", "--wbits", 4, "--nsamples", 8)

@@ -36,6 +36,7 @@ def test_a_flag_idle_in_one_setting_of_a_shell_sweep_is_a_note():
     (["--eval_ppl", "--device_map", "auto", "--max_memory", "cpu=0MiB"], "cpu gets no memory"),
     (["--eval_ppl", "--device_map", "auto", "--max_memory", "cpu"], "'cpu' is not DEVICE=SIZE"),
     (["--eval_ppl", "--offload_folder", __file__], "is a file, not a folder"),
+    (["--wbits", "4", "--save", "out", "--offload_folder", "off"], "--save needs the quantized layers in memory"),
 ])
 def test_contradictions_and_bad_values_are_refused(argv, expected):
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
