@@ -3,17 +3,17 @@ from .gptq import GPTQ, GRANULARITIES, GPTQError, column_groups, quantize_rtn, w
 from .pack import pack_codes, packed_size, unpack_codes
 from .packed import GridError, PackedLinear, WeightGrid
 from .quantizer import (
-                        GRIDS,
-                        RANGES,
-                        ActQuantizer,
-                        ProbQuantizer,
-                        choose_qparams,
-                        cluster_index,
-                        cluster_minmax,
-                        dequantize,
-                        fake_quantize,
-                        quantize,
-                        reduce_channels,
+    GRIDS,
+    RANGES,
+    ActQuantizer,
+    ProbQuantizer,
+    choose_qparams,
+    cluster_index,
+    cluster_minmax,
+    dequantize,
+    fake_quantize,
+    quantize,
+    reduce_channels,
 )
 
 __all__ = ["GPTQ", "GRANULARITIES", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS", "RANGES",

@@ -39,6 +39,12 @@ def guarded(prog, body, interrupted="finished results are kept"):
         return 2
 
 
+def script_main(prog, build_parser, run, argv=None):
+    """A script's main(): parse argv with build_parser(), then run(args) under guarded()."""
+    args = build_parser().parse_args(argv)
+    return guarded(prog, lambda: run(args))
+
+
 def note(prog, line):
     print(f"{prog}: note: {line}", file=sys.stderr)
 

@@ -18,7 +18,7 @@ import torch
 
 import datautils
 from models import model_names
-from rptq.cli import OneLineParser, UsageError, check_positions, guarded, pick_device
+from rptq.cli import OneLineParser, UsageError, check_positions, pick_device, script_main
 from rptq.files import atomic_write, check_writable
 
 PROG = "channel_ranges.py"
@@ -232,8 +232,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return guarded(PROG, lambda: run(args))
+    return script_main(PROG, build_parser, run, argv)
 
 
 if __name__ == "__main__":

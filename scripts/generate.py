@@ -9,7 +9,7 @@ Prefill is one forward over the prompt, then one forward per new token; tokens/s
 import argparse
 import sys
 
-from rptq.cli import OneLineParser, UsageError, guarded, pick_device
+from rptq.cli import OneLineParser, UsageError, pick_device, script_main
 from rptq.config import DTYPES
 
 PROG = "generate.py"
@@ -60,8 +60,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return guarded(PROG, lambda: run(args))
+    return script_main(PROG, build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rptq.cli import OneLineParser, UsageError, guarded
+from rptq.cli import OneLineParser, UsageError, script_main
 from rptq.files import atomic_write
 from scripts import memory_table
 
@@ -248,8 +248,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return guarded(PROG, lambda: run(args))
+    return script_main(PROG, build_parser, run, argv)
 
 
 if __name__ == "__main__":

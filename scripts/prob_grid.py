@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datautils
 from models import model_names
-from rptq.cli import OneLineParser, UsageError, check_positions, guarded, pick_device
+from rptq.cli import OneLineParser, UsageError, check_positions, pick_device, script_main
 from rptq.config import DTYPES
 from rptq.files import check_writable
 
@@ -85,8 +85,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return guarded(PROG, lambda: run(args))
+    return script_main(PROG, build_parser, run, argv)
 
 
 if __name__ == "__main__":
