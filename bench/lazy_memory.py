@@ -25,7 +25,9 @@ GIB = 2 ** 30
 
 
 def run(script, *args):
-    subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], check=True, cwd=ROOT)
+    code = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT).returncode
+    if code:
+        sys.exit(f"lazy_memory.py: {script} failed with exit code {code}; its message is above")
 
 
 def main():

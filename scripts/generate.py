@@ -33,6 +33,8 @@ def build_parser():
 def run(args):
     if args.max_new_tokens < 1:
         raise UsageError("--max_new_tokens must be at least 1")
+    if not args.prompt:
+        raise UsageError("--prompt is empty: give the text to continue")
     device, dtype = pick_device(args.device, args.dtype)
 
     from quantize.kvcache import PackedKVCache, cache_nbytes

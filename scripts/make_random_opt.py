@@ -8,15 +8,19 @@ tokenizer, so the full pipeline can be run and timed here where no OPT checkpoin
 
 Perplexities of such a model mean nothing; its timings do.
 """
-import argparse
+import sys
 
 import torch
 
 from models import load_tokenizer
+from rptq.cli import OneLineParser, UsageError, script_main
+from rptq.files import check_writable
+
+PROG = "make_random_opt.py"
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("folder")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--hidden", type=int, default=768)
@@ -26,11 +30,24 @@ def main():
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="weights as saved (built in this dtype: float16 needs half the memory)")
     p.add_argument("--max_shard_size", default="50GB", help="largest safetensors shard, e.g. 1GB")
-    args = p.parse_args()
+    return p
 
+
+def run(args):
+    for flag in ("layers", "hidden", "heads", "ffn"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.hidden % args.heads:
+        raise UsageError(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}")
+    check_writable(f"{args.folder}/config.json", "folder")
     make_random_opt(args.folder, args.layers, args.hidden, args.heads, args.ffn, args.seed, getattr(torch, args.dtype),
                     args.max_shard_size)
     print(f"saved a random {args.layers}-layer OPT (d={args.hidden}, {args.dtype}) to {args.folder}")
+    return 0
+
+
+def main(argv=None):
+    return script_main(PROG, build_parser, run, argv)
 
 
 def make_random_opt(folder, layers=12, hidden=768, heads=12, ffn=3072, seed=0, dtype=torch.float32,
@@ -47,4 +64,4 @@ def make_random_opt(folder, layers=12, hidden=768, heads=12, ffn=3072, seed=0, d
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,3 +24,9 @@ def test_a_float_model_has_no_low_bit_cache(tiny_llama_dir, capsys):
     assert generate.main([str(tiny_llama_dir), "--prompt", "Hello", "--cache", "low-bit"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no static K/V grids" in err
+
+
+def test_an_empty_prompt_is_one_line(tiny_llama_dir, capsys):
+    assert generate.main([str(tiny_llama_dir), "--prompt", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--prompt is empty" in err

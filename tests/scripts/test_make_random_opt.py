@@ -21,3 +21,15 @@ def test_the_checkpoint_has_the_asked_shape_dtype_and_shards(run_cli, smollm2, t
     with safe_open(shards[-1], framework="pt") as f:
         assert all(str(f.get_tensor(k).dtype) == f"torch.{dtype}" for k in f.keys())
     assert (tmp_path / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("flags, expected", [(["--layers", 0], "--layers must be at least 1"),
+                                             (["--hidden", 66], "--hidden 66 must be a multiple of --heads 4"),
+                                             (["--folder_under_a_file"], "cannot be written")])
+def test_bad_input_is_one_line_and_exit_2(run_cli, one_line_error, tmp_path, flags, expected):
+    folder = tmp_path / "out"
+    if flags == ["--folder_under_a_file"]:
+        (tmp_path / "file").write_text("")
+        folder, flags = tmp_path / "file" / "out", []
+    one_line_error(run_cli("scripts/make_random_opt.py", folder, *SMALL, *flags), expected)
+    assert not (tmp_path / "out").exists()
