@@ -186,8 +186,15 @@ def cluster_checker(model):
 
 def run_main(argv):
     """main.py in a subprocess, in this folder (relative paths keep their meaning), its output streamed; its exit
-    code. The child has its own process group, so a Ctrl-C reaches it once, from here: on an interrupt it is told
-    to stop (it saves what it finished) and the sweep stops too."""
+    code. The child has its own process group, so a Ctrl-C reaches it once, from here: on an interrupt (SIGINT, or
+    SIGTERM, which would otherwise leave the child running on its own) it is told to stop (it saves what it
+    finished) and the sweep stops too."""
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    # a shell starts background jobs with SIGINT ignored, and the child would inherit that: `kill -INT` must work
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, terminate)
     proc = subprocess.Popen([sys.executable, str(MAIN), *argv], process_group=0)
     try:
         return proc.wait()
@@ -195,6 +202,8 @@ def run_main(argv):
         proc.send_signal(signal.SIGINT)
         proc.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def say(line):

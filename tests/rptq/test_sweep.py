@@ -50,8 +50,10 @@ def test_a_resumed_setting_made_from_other_data_is_refused(tmp_path, data_dir, f
         sweep.plan_runs(MODEL, runs, flags, [], out)
 
 
-def test_an_interrupt_stops_the_running_setting_and_the_sweep(tmp_path):
-    """SIGINT sent to the sweep's own process (not its group): the child is told to stop, and the sweep stops."""
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGINT to a sweep started with SIGINT ignored"])
+def test_an_interrupt_stops_the_running_setting_and_the_sweep(tmp_path, how):
+    """SIGINT or SIGTERM sent to the sweep's own process (not its group): the child is told to stop, and the sweep
+    stops. A shell starts background jobs with SIGINT ignored: kill -INT must still work."""
     marker = tmp_path / "child.txt"
     child = (f"import signal, sys, time, pathlib\n"
              f"pathlib.Path({str(marker)!r}).write_text('started')\n"
@@ -60,12 +62,14 @@ def test_an_interrupt_stops_the_running_setting_and_the_sweep(tmp_path):
     code = (f"import sys\nfrom rptq import sweep\nsweep.MAIN = {str(tmp_path / 'child.py')!r}\n"
             "try:\n    rc = sweep.run_main([])\nexcept KeyboardInterrupt:\n    sys.exit(130)\nsys.exit(rc)\n")
     (tmp_path / "child.py").write_text(child)
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    ignored = how.endswith("ignored")
+    proc = subprocess.Popen([sys.executable, "-c", code],
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None)
     for _ in range(1800):  # the sweep imports torch and transformers first: slow on a busy machine
         if marker.exists():
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     assert marker.read_text() == "interrupted"
 
