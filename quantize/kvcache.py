@@ -29,7 +29,8 @@ class KVGrid:
         if quantizer.ranges != "static" or not quantizer.calibrated:
             raise ValueError("a low-bit cache stores codes on calibrated static grids; this quantizer's ranges are "
                              f"{quantizer.ranges}")
-        return cls(quantizer.bits, quantizer.index, *quantizer.cluster_qparams())
+        # int32 indices: half the bytes of the quantizer's int64 ones, and still an index tensor for gathers
+        return cls(quantizer.bits, quantizer.index.to(torch.int32), *quantizer.cluster_qparams())
 
     @property
     def channels(self):
