@@ -66,13 +66,13 @@ def quantize_and_evaluate(args, folder, manifest, written):
     with peaks.stage("load"):
         if manifest:  # packed weights: small enough to load whole
             model, tokenizer, adapter, manifest = artifact.load(args.model, dtype)
-            weights, store = artifact.weights_source(manifest, args.model), WeightStore(model, folder=folder)
+            store = WeightStore(model, folder=folder)
         elif lazy:
             model, tokenizer, adapter, store = load_lazily(args.model, dtype, folder)
-            weights = weights_source(args.model)
         else:
             model, tokenizer, adapter = load_model(args.model, dtype)
-            weights, store = weights_source(args.model), WeightStore(model)
+            store = WeightStore(model)
+    weights = artifact.weights_source(manifest, args.model) if manifest else weights_source(args.model)
     if lazy and not store.lazy and not manifest:
         note(PROG, f"{args.model} has no safetensors or .bin checkpoint to read layer by layer: loaded whole")
     device_map = (placement.plan(model, adapter, args.device_map, max_memory, device, folder) if args.device_map

@@ -13,22 +13,16 @@ from pathlib import Path
 import torch
 
 from models import load_model
-from quantize.kvcache import cache_nbytes
 from rptq import artifact
-from rptq.generate import new_cache
-from scripts.measure_memory import saved_model
+from scripts.measure_memory import kv_bytes, saved_model, weight_bytes
 
 MODEL = "smollm2-135m"
 MIB = 2 ** 20
 
 
-@torch.no_grad()
-def resident_bytes(model, adapter, ids):
-    """(parameters and buffers, each tensor once; K/V cache after prefilling ids)."""
-    tensors = {t.data_ptr(): t.nbytes for t in [*model.parameters(), *model.buffers()]}
-    cache = new_cache(model, adapter)
-    model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return sum(tensors.values()), cache_nbytes(cache)
+def resident_bytes(model, adapter, prompt_tokens):
+    """(parameters and buffers, each tensor once; K/V cache and its grids after a 1 x prompt_tokens prefill)."""
+    return sum(weight_bytes(model, adapter).values()), sum(kv_bytes(model, adapter, 1, prompt_tokens))
 
 
 def main():
@@ -39,11 +33,10 @@ def main():
     args = p.parse_args()
 
     folder = saved_model(MODEL, args.setting, args.work / MODEL / args.setting)
-    fp16, tokenizer, fp16_adapter = load_model(MODEL, torch.float16)
+    fp16, _, fp16_adapter = load_model(MODEL, torch.float16)
     packed, _, packed_adapter, _ = artifact.load(folder, torch.float16)
-    ids = torch.randint(0, len(tokenizer), (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
-    sizes = {"FP16": resident_bytes(fp16, fp16_adapter, ids),
-             f"packed {args.setting}": resident_bytes(packed, packed_adapter, ids)}
+    sizes = {"FP16": resident_bytes(fp16, fp16_adapter, args.prompt_tokens),
+             f"packed {args.setting}": resident_bytes(packed, packed_adapter, args.prompt_tokens)}
     for name, (weights, kv) in sizes.items():
         print(f"{name:16s} weights {weights / MIB:8.1f} MiB  K/V {kv / MIB:7.1f} MiB  "
               f"total {(weights + kv) / MIB:8.1f} MiB")

@@ -12,6 +12,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .pack import pack_codes, packed_size, unpack_codes
+from .packed import INDEX_DTYPE
 from .quantizer import ActQuantizer, dequantize, qrange, quantize
 
 
@@ -29,8 +30,8 @@ class KVGrid:
         if quantizer.ranges != "static" or not quantizer.calibrated:
             raise ValueError("a low-bit cache stores codes on calibrated static grids; this quantizer's ranges are "
                              f"{quantizer.ranges}")
-        # int32 indices: half the bytes of the quantizer's int64 ones, and still an index tensor for gathers
-        return cls(quantizer.bits, quantizer.index.to(torch.int32), *quantizer.cluster_qparams())
+        # the saved format's index dtype: half the bytes of the quantizer's int64, still an index for gathers
+        return cls(quantizer.bits, quantizer.index.to(INDEX_DTYPE), *quantizer.cluster_qparams())
 
     @property
     def channels(self):

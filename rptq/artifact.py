@@ -20,7 +20,7 @@ from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import INDEX_DTYPE, ZERO_DTYPE
 
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, probe_folder
 from .reorder import attach_norm_perm
 
 FORMAT = "rptq-quantized-model"
@@ -52,10 +52,7 @@ def prepare_folder(path):
         raise ArtifactError(f"--save {path}: the folder is not empty and nothing is overwritten; remove it or pick "
                             "another folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".rptq_write_probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_folder(folder)
     except OSError as e:
         raise ArtifactError(f"--save {path} cannot be written: {e.strerror or e}") from None
 

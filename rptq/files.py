@@ -25,6 +25,15 @@ def atomic_path(path):
         raise
 
 
+def probe_folder(folder):
+    """Make folder (and its parents) and write and remove a file there; OSError if it cannot be written."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".rptq.", suffix=".probe")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_writable(path, what="--output_path"):
     """Refuse now, with one line, a file that could not be written when its results are ready: a folder that cannot
     be made or written, a parent that is a file, a path that is a folder. Writes and removes a probe file, and the
@@ -36,10 +45,7 @@ def check_writable(path, what="--output_path"):
         raise UsageError(f"{what} {path} is a folder, not a file: give a .json file name or a folder name")
     missing = [p for p in path.absolute().parents if not p.exists()]  # deepest first
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
+        probe_folder(path.parent)
     except OSError as e:
         raise UsageError(f"{what} {path} cannot be written ({e.strerror or e}): choose another place") from None
     finally:
