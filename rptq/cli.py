@@ -1,5 +1,6 @@
 """What main.py and the scripts share on the command line: one-line errors, device choice, the guarded run."""
 import argparse
+import contextlib
 import sys
 
 
@@ -24,17 +25,30 @@ def _one_line_errors():
     return UsageError, DataError, ModelError, GPTQError, GridError, ClusterError, TaskError, ArtifactError
 
 
+def close_progress_bars():
+    """Close every progress bar left open by an exception (a bar iterated in a for loop stays open until its
+    iterator is collected, and one interrupted as it is drawn never closes): the line that follows starts on its
+    own line instead of after a half-drawn bar."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        with contextlib.suppress(AttributeError):  # interrupted before its first drawing: nothing on screen
+            bar.close()
+
+
 def guarded(prog, body, interrupted="finished results are kept"):
     """body() -> exit code; a one-line error is printed as such with exit code 2, Ctrl-C with 130.
     interrupted: what is kept after a Ctrl-C, or a function that says it when asked."""
     try:
         return body()
     except KeyboardInterrupt:
+        close_progress_bars()
         print(f"{prog}: interrupted; {interrupted() if callable(interrupted) else interrupted}", file=sys.stderr)
         return 130
     except Exception as e:
         if not isinstance(e, UsageError) and not isinstance(e, _one_line_errors()):
             raise
+        close_progress_bars()
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 

@@ -38,11 +38,10 @@ def perplexity(model, windows, device="cpu", limit=None, desc="ppl", progress=Tr
     n = len(windows) if limit is None else min(limit, len(windows))
     nlls = []
     start = time.perf_counter()
-    with tqdm(range(n), desc=desc, disable=not progress) as bar:  # closed on an interrupt too (see pipeline)
-        for i in bar:
-            ids = windows[i:i + 1].to(device)
-            logits = model(ids, use_cache=False).logits
-            nlls.append(F.cross_entropy(logits[0, :-1].float(), ids[0, 1:]).item())
+    for i in tqdm(range(n), desc=desc, disable=not progress):
+        ids = windows[i:i + 1].to(device)
+        logits = model(ids, use_cache=False).logits
+        nlls.append(F.cross_entropy(logits[0, :-1].float(), ids[0, 1:]).item())
     seconds = time.perf_counter() - start
     nll = sum(nlls) / n
     sem, interval = ppl_interval(nlls)

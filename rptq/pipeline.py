@@ -258,14 +258,12 @@ def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True
     inputs, kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)
     timings["capture"] += time.perf_counter() - t
     clusters = []
-    # a `with` closes the bar on an interrupt too, so the next line printed starts on a line of its own
-    with tqdm(adapter.layers(model), desc=f"RPTQ {cfg.label}", disable=not progress) as layers:
-        for layer in layers:
-            store.fetch(layer, cfg.device)
-            clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, timings))
-            t = time.perf_counter()  # (e)
-            inputs = run_layer(layer, inputs, kwargs)
-            timings["layer_outputs"] += time.perf_counter() - t
-            store.release(layer)
+    for layer in tqdm(adapter.layers(model), desc=f"RPTQ {cfg.label}", disable=not progress):
+        store.fetch(layer, cfg.device)
+        clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, timings))
+        t = time.perf_counter()  # (e)
+        inputs = run_layer(layer, inputs, kwargs)
+        timings["layer_outputs"] += time.perf_counter() - t
+        store.release(layer)
     return {"timings_s": dict(timings),
             "clusters_per_layer": clusters}

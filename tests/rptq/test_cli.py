@@ -37,3 +37,18 @@ def test_seqlen_longer_than_the_positions_is_refused(tiny_opt):
     check_positions(model.config, "tiny", 2048)
     with pytest.raises(UsageError, match="--seqlen 4096 is longer than tiny's 2048 positions"):
         check_positions(model.config, "tiny", 4096)
+
+
+def test_a_bar_left_open_is_closed_before_the_message(capsys):
+    """A bar interrupted just after it is drawn, before its loop or with-block runs, stays open with its line
+    unfinished: the message still gets a line of its own."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def body():
+        bars.append(tqdm(range(3), desc="layers"))  # drawn, never iterated: the interrupt came first
+        raise KeyboardInterrupt
+
+    assert guarded("x.py", body, "nothing lost") == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "x.py: interrupted; nothing lost"
