@@ -32,6 +32,9 @@ def close_progress_bars():
     from tqdm import tqdm
 
     for bar in list(tqdm._instances):
+        if getattr(bar, "sp", None) is not None and not hasattr(bar, "last_print_t") and not bar.disable:
+            # interrupted inside its first drawing: close() takes it for never drawn and would not end its line
+            bar.fp.write("\n")
         with contextlib.suppress(AttributeError):  # interrupted before its first drawing: nothing on screen
             bar.close()
 

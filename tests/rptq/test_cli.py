@@ -52,3 +52,26 @@ def test_a_bar_left_open_is_closed_before_the_message(capsys):
 
     assert guarded("x.py", body, "nothing lost") == 130
     assert capsys.readouterr().err.splitlines()[-1] == "x.py: interrupted; nothing lost"
+
+
+def test_a_bar_interrupted_inside_its_first_drawing_still_ends_its_line(monkeypatch):
+    """The interrupt lands as the bar's first line is flushed, inside tqdm's constructor (the race CI hit): the bar
+    looks never drawn to tqdm, yet the message must not follow it on the same line."""
+    import io
+    import sys
+
+    from tqdm import tqdm
+
+    class InterruptedOnFlush(io.StringIO):
+        armed = True
+
+        def flush(self):
+            if self.armed and "layers" in self.getvalue():
+                self.armed = False
+                raise KeyboardInterrupt
+
+    stream = InterruptedOnFlush()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert guarded("x.py", lambda: tqdm(range(3), desc="layers", file=stream), "nothing lost") == 130
+    drawn, message = stream.getvalue().splitlines()[-2:]
+    assert "layers" in drawn and message == "x.py: interrupted; nothing lost"
