@@ -59,6 +59,8 @@ def is_complete(record):
 
 
 def versions():
+    """The libraries, the commit and torch's thread count: a run is bit-reproducible only with all of them the same
+    (the thread count sets the order of float sums, and K-means and GPTQ amplify a last-bit difference)."""
     import datasets
     import lm_eval
     import sklearn
@@ -72,4 +74,5 @@ def versions():
         commit = None
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "datasets": datasets.__version__,
-            "lm_eval": lm_eval.__version__, "scikit_learn": sklearn.__version__, "rptq_commit": commit}
+            "lm_eval": lm_eval.__version__, "scikit_learn": sklearn.__version__, "rptq_commit": commit,
+            "torch_threads": torch.get_num_threads()}

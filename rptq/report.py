@@ -218,7 +218,8 @@ def describe_runs(table, records):
     placement = over(settings, lambda s: f"{s.get('dtype')} on {s.get('device')}")
     lines.append(f"dtype on device: {placement}")
     commit = over(done, lambda r: (r.get("versions", {}).get("rptq_commit") or "unknown")[:7])
-    lines.append(f"code: rptq commit {commit}")
+    threads = over(done, lambda r: r.get("versions", {}).get("torch_threads") or "unknown")
+    lines.append(f"code: rptq commit {commit}; torch threads {threads}")
     incomplete = [n for n, r in done.items() if not is_complete(r)]
     missing = [n for n, r in records.items() if r is None]
     if incomplete:

@@ -3,6 +3,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from rptq import record
 
@@ -23,6 +24,7 @@ def test_a_record_is_written_whole_and_read_back(tmp_path):
     record.write(path, {**rec, "status": record.COMPLETE})
     back = record.read(path)
     assert record.is_complete(back) and back["data"] == [{"set": "ptb"}] and "torch" in back["versions"]
+    assert back["versions"]["torch_threads"] == torch.get_num_threads()
     assert record.read(tmp_path / "none.json") is None
 
 
