@@ -59,8 +59,9 @@ def is_complete(record):
 
 
 def versions():
-    """The libraries, the commit and torch's thread count: a run is bit-reproducible only with all of them the same
-    (the thread count sets the order of float sums, and K-means and GPTQ amplify a last-bit difference)."""
+    """The libraries, the commit, torch's thread count, the CPU kernels it picked (AVX2, AVX512...) and the GPU: a
+    run is bit-reproducible only with all of them the same (threads and kernels set the order and width of float
+    sums, and K-means and GPTQ amplify a last-bit difference)."""
     import datasets
     import lm_eval
     import sklearn
@@ -75,4 +76,5 @@ def versions():
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "datasets": datasets.__version__,
             "lm_eval": lm_eval.__version__, "scikit_learn": sklearn.__version__, "rptq_commit": commit,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -219,7 +219,8 @@ def describe_runs(table, records):
     lines.append(f"dtype on device: {placement}")
     commit = over(done, lambda r: (r.get("versions", {}).get("rptq_commit") or "unknown")[:7])
     threads = over(done, lambda r: r.get("versions", {}).get("torch_threads") or "unknown")
-    lines.append(f"code: rptq commit {commit}; torch threads {threads}")
+    kernels = over(done, lambda r: r.get("versions", {}).get("cpu_capability") or "unknown")
+    lines.append(f"code: rptq commit {commit}; torch threads {threads}; CPU kernels {kernels}")
     incomplete = [n for n, r in done.items() if not is_complete(r)]
     missing = [n for n, r in records.items() if r is None]
     if incomplete:

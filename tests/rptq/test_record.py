@@ -25,6 +25,7 @@ def test_a_record_is_written_whole_and_read_back(tmp_path):
     back = record.read(path)
     assert record.is_complete(back) and back["data"] == [{"set": "ptb"}] and "torch" in back["versions"]
     assert back["versions"]["torch_threads"] == torch.get_num_threads()
+    assert back["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record.read(tmp_path / "none.json") is None
 
 

@@ -45,13 +45,13 @@ def test_ppl_table_puts_the_papers_numbers_beside_ours(paper_dir, markdown_row):
 
 
 def test_rows_made_by_different_code_or_threads_say_which(paper_dir):
-    records = {name: {**ppl_record(name), "versions": {"rptq_commit": commit, "torch_threads": threads}}
-               for name, commit, threads in (("W4A4", "dcc67f3" + "0" * 33, 1), ("W4A8", "dcc67f3" + "0" * 33, 2),
-                                             ("W4A4KV", "b2286c9" + "0" * 33, 1))}
-    records["FP16"] = ppl_record("FP16", quantized=False)  # a record from before commits and threads were kept
+    records = {name: {**ppl_record(name), "versions": {"rptq_commit": commit + "0" * 33, "torch_threads": threads,
+                                                       "cpu_capability": "AVX512"}}
+               for name, commit, threads in (("W4A4", "dcc67f3", 1), ("W4A8", "dcc67f3", 2), ("W4A4KV", "b2286c9", 1))}
+    records["FP16"] = ppl_record("FP16", quantized=False)  # a record from before any of these were kept
     paper, note = load_paper(paper_dir, "ppl", MODEL)
-    assert ("code: rptq commit dcc67f3 (W4A4KV: b2286c9; FP16: unknown); torch threads 1 (W4A8: 2; FP16: unknown)"
-            in render("ppl", MODEL, records, paper, note))
+    assert ("code: rptq commit dcc67f3 (W4A4KV: b2286c9; FP16: unknown); torch threads 1 (W4A8: 2; FP16: unknown); "
+            "CPU kernels AVX512 (FP16: unknown)" in render("ppl", MODEL, records, paper, note))
 
 
 def test_zero_shot_table_shows_task_labels_and_readme_numbers_where_the_paper_has_none(paper_dir, markdown_row):
