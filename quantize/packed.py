@@ -14,7 +14,9 @@ from torch import nn
 from .pack import pack_codes, packed_size, unpack_codes
 from .quantizer import dequantize, qrange, quantize
 
-ZERO_DTYPE = torch.int16  # zero points are integers clamped to [-1e4, 1e4]
+# Zero points are integers, unclamped: with the reference's 1e-4 scale floor a one-channel group holding 3.3 needs
+# -33,000, beyond int16 (SmolLM2 has such weights), so int32.
+ZERO_DTYPE = torch.int32
 INDEX_DTYPE = torch.int32
 
 
@@ -86,6 +88,8 @@ class PackedLinear(nn.Module):
         packed.groups.copy_(grid.groups)
         if linear.bias is not None:
             packed.bias.copy_(linear.bias.detach())
+        if not torch.equal(packed.dequantized_weight(weight.dtype), weight):  # what is stored must give it back
+            raise GridError(f"a {tuple(weight.shape)} weight's stored codes, scales or zeros do not give it back")
         return packed
 
     def weight_grid(self):

@@ -24,7 +24,7 @@ from .files import atomic_path, atomic_write, probe_folder
 from .reorder import attach_norm_perm
 
 FORMAT = "rptq-quantized-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: zero points int32 (version 1 stored them as int16, which wraps beyond +-32767)
 MANIFEST = "rptq_manifest.json"
 TENSORS = "rptq_tensors.safetensors"
 PERM = "rptq_perm"  # the buffer of a norm that reads its input reordered (rptq/reorder.py)
@@ -143,6 +143,9 @@ def read_manifest(path):
     version = manifest.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise ArtifactError(f"{file}: format_version must be a positive integer, got {version!r}")
+    if version < FORMAT_VERSION:
+        raise ArtifactError(f"{folder} was saved in format version {version}, whose int16 zero points can wrap and "
+                            f"give other weights; save the model again with this code (format {FORMAT_VERSION})")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"{folder} was saved in format version {version}, newer than this code reads "
                             f"({FORMAT_VERSION}); update rptq to load it")

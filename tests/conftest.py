@@ -158,7 +158,7 @@ def quantized_lazily():
 def damage_saved():
     """damage_saved(folder, how) -> folder: break a saved model folder in place in one way: "corrupt" (a byte
     flipped), "truncated", "missing tensor" (layer 1's fc1 codes dropped, checksum updated: an OPT folder),
-    "newer format", "no manifest", "no tensor file" or "not JSON"."""
+    "newer format", "older format", "no manifest", "no tensor file" or "not JSON"."""
     import hashlib
     import json
 
@@ -182,8 +182,8 @@ def damage_saved():
             tensors.write_bytes(data)
             manifest["tensors"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
             manifest_file.write_text(json.dumps(manifest))
-        elif how == "newer format":
-            manifest["format_version"] += 1
+        elif how in ("newer format", "older format"):
+            manifest["format_version"] += 1 if how == "newer format" else -1
             manifest_file.write_text(json.dumps(manifest))
         elif how == "no manifest":
             manifest_file.unlink()

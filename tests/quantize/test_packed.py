@@ -38,6 +38,19 @@ def test_gptq_with_act_order_gives_the_grid_of_each_column_group():
     assert torch.equal(PackedLinear.from_linear(linear, grid)(x), linear(x))
 
 
+@pytest.mark.parametrize("value", [5.0, -4.0, 0.7])
+def test_a_one_column_group_far_from_zero_keeps_its_weight(value):
+    """A group of one column has a range of zero, so its scale is the 1e-4 floor and its zero point about
+    -value / 1e-4: -50,000 for 5.0, beyond int16 (SmolLM2 has weights beyond 3.3 in such groups)."""
+    linear = _linear()
+    with torch.no_grad():
+        linear.weight[:, 0] = value
+    groups = cluster_index([1, 16])
+    scale, zero = quantize_rtn(linear, groups, 4)
+    packed = PackedLinear.from_linear(linear, WeightGrid.from_expanded(4, groups, scale, zero))
+    assert torch.equal(packed.dequantized_weight(torch.float32), linear.weight)
+
+
 def test_a_weight_off_its_grid_is_refused_not_packed():
     linear = _linear()
     grid = WeightGrid.from_expanded(4, GROUPS, *quantize_rtn(linear, GROUPS, 4))

@@ -56,6 +56,7 @@ def saved_opt(opt_case, save_quantized, tmp_path_factory):
 
 DAMAGES = {"corrupt": "is corrupt", "truncated": "is truncated", "missing tensor": "lacks tensor "
            "model.decoder.layers.1.fc1.codes", "newer format": "newer than this code reads",
+           "older format": "int16 zero points can wrap",
            "no manifest": f"no {MANIFEST}", "no tensor file": f"lacks {TENSORS}", "not JSON": "not readable JSON"}
 
 
@@ -96,7 +97,7 @@ def test_the_manifest_describes_the_tensors(saved_opt):
     assert tensors["model.decoder.layers.0.fc1.codes"].dtype == torch.uint8
     assert tensors["model.decoder.layers.0.fc1.codes"].shape == (64 * 256 // 2,)
     assert tensors["model.decoder.layers.0.fc1.scale"].shape == (256, 4)
-    assert tensors["model.decoder.layers.0.fc1.zero"].dtype == torch.int16
+    assert tensors["model.decoder.layers.0.fc1.zero"].dtype == torch.int32
     k = "model.decoder.layers.0.self_attn.k_proj.rptq_output_quant"
     assert manifest["act_quantizers"][k] == {"bits": 4, "grid": "paper", "ranges": "static", "clusters": 8,
                                              "channels": 64}
