@@ -76,19 +76,25 @@ def test_w4a4_run_records_its_mode_and_stage_timings(ppl_run):
     assert torch.isfinite(torch.tensor(res["ppl"]["wikitext2"]["ppl"]))
 
 
-def test_smollm2_real_model_short_perplexity_float_and_w4a4(run_cli, smollm2, data_dir, tmp_path):
+def test_smollm2_real_model_short_perplexity_float_and_w4a4_saved_and_loaded(run_cli, smollm2, data_dir, tmp_path):
     common = ["--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", 2, "--seqlen", 256, "--data_dir", data_dir,
               "--cache_dir", tmp_path]
-    ppl = {}
-    for label, flags in (("fp", []), ("w4a4", ["--wbits", 4, "--abits", 4, "--nsamples", 2])):
+    saved = tmp_path / "saved"
+    runs = {}
+    for label, model, flags in (("fp", smollm2, []),
+                                ("w4a4", smollm2, ["--wbits", 4, "--abits", 4, "--nsamples", 2, "--save", saved]),
+                                ("loaded", saved, [])):
         out = tmp_path / f"{label}.json"
-        proc = run_cli("main.py", smollm2, *common, *flags, "--output_path", out, timeout=900)
+        proc = run_cli("main.py", model, *common, *flags, "--output_path", out, timeout=900)
         assert proc.returncode == 0, proc.stderr[-2000:]
         res = json.loads(out.read_text())
         assert res["family"] == "llama" and res["status"] == "complete"
-        ppl[label] = res["ppl"]["wikitext2"]["ppl"]
+        runs[label] = res["ppl"]["wikitext2"]
+    ppl = {label: run["ppl"] for label, run in runs.items()}
     assert 3 < ppl["fp"] < 60  # a trained model, unlike a random one (~ vocab size)
     assert ppl["fp"] < ppl["w4a4"] < 10 * ppl["fp"], ppl  # quantized, still a language model (random: ~50k)
+    # real weights reach zero points that tiny random models never do (a weight beyond 3.3 alone in its group)
+    assert runs["loaded"]["nlls"] == runs["w4a4"]["nlls"]
 
 
 def test_a_flag_that_changes_nothing_is_a_note_not_a_refusal(ppl_run):
