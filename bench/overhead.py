@@ -5,8 +5,10 @@ the OPT shape, 1.25 on SmolLM2).
 SmolLM2-135M (Llama family: grouped-query attention, Q/K quantized after the rotation). Either is quantized by the real
 RPTQ pipeline (round-to-nearest weights: GPTQ changes no timing), then both models run the same 2048 tokens in the
 same process, alternately, and the best of --repeats is kept for each. The last line printed is the ratio.
+--profile N first prints, for each model, torch.profiler's N operators with the most self time in one forward: where
+the W4A4 time goes beyond the float model's.
 
-    python bench/overhead.py [--model opt|smollm2] [--repeats 5] [--device cpu] [--dtype float32]
+    python bench/overhead.py [--model opt|smollm2] [--repeats 5] [--device cpu] [--dtype float32] [--profile 15]
 """
 import argparse
 import copy
@@ -32,6 +34,17 @@ def best_forward_seconds(model, ids, repeats):
     return min(times)
 
 
+def print_profile(name, model, ids, rows):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if ids.is_cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+        model(ids, use_cache=False)
+    sort_by = "self_cuda_time_total" if ids.is_cuda else "self_cpu_time_total"
+    print(f"{name}: one forward, operators by self time")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
+
+
 def opt_125m_shape(dtype):
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -48,6 +61,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print each model's N costliest operators")
     args = p.parse_args()
 
     device, dtype = pick_device(args.device, args.dtype)
@@ -63,6 +77,9 @@ def main():
     ids = torch.randint(0, vocab, (1, args.seqlen), generator=torch.Generator().manual_seed(1)).to(device)
     best_forward_seconds(float_model, ids, 1)  # warm-up: allocator and kernels
     best_forward_seconds(quant_model, ids, 1)
+    if args.profile:
+        print_profile("float", float_model, ids, args.profile)
+        print_profile("W4A4", quant_model, ids, args.profile)
     t_float, t_quant = float("inf"), float("inf")
     for _ in range(args.repeats):  # alternate so that machine noise hits both alike
         t_float = min(t_float, best_forward_seconds(float_model, ids, 1))
