@@ -40,7 +40,7 @@ def print_profile(name, model, ids, rows):
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
         model(ids, use_cache=False)
-    sort_by = "self_cuda_time_total" if ids.is_cuda else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if ids.is_cuda else "self_cpu_time_total"
     print(f"{name}: one forward, operators by self time")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
 

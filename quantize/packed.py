@@ -24,6 +24,14 @@ class GridError(ValueError):
     """A weight that should sit on its quantization grid does not: its codes would not give it back."""
 
 
+def stored_zero(zero):
+    """Zero points as they are stored (ZERO_DTYPE); GridError for one that type cannot hold, rather than wrap it."""
+    stored = zero.to(ZERO_DTYPE)
+    if not torch.equal(stored.to(zero.dtype), zero):
+        raise GridError(f"a zero point ({zero.abs().max().item():.3g}) is beyond {ZERO_DTYPE}")
+    return stored
+
+
 @dataclass
 class WeightGrid:
     """One weight's grid: bits, groups [cols] (the group id of each input column) and scale, zero [rows, n_groups]
@@ -84,12 +92,10 @@ class PackedLinear(nn.Module):
                      linear.bias is not None, weight.dtype)
         packed.codes.copy_(pack_codes(grid.codes(weight).flatten(), grid.bits))
         packed.scale.copy_(grid.scale)
-        packed.zero.copy_(grid.zero)
+        packed.zero.copy_(stored_zero(grid.zero))
         packed.groups.copy_(grid.groups)
         if linear.bias is not None:
             packed.bias.copy_(linear.bias.detach())
-        if not torch.equal(packed.dequantized_weight(weight.dtype), weight):  # what is stored must give it back
-            raise GridError(f"a {tuple(weight.shape)} weight's stored codes, scales or zeros do not give it back")
         return packed
 
     def weight_grid(self):

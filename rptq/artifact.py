@@ -18,7 +18,7 @@ from torch import nn
 
 from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
-from quantize.packed import INDEX_DTYPE, ZERO_DTYPE
+from quantize.packed import INDEX_DTYPE, stored_zero
 
 from .files import atomic_path, atomic_write, probe_folder
 from .reorder import attach_norm_perm
@@ -76,7 +76,7 @@ def _quantized_parts(model):
         elif isinstance(module, ActQuantizer):
             scale, zero = module.cluster_qparams()
             tensors.update(_prefixed(name, {"index": module.index.to(INDEX_DTYPE), "scale": scale,
-                                            "zero": zero.to(ZERO_DTYPE)}))
+                                            "zero": stored_zero(zero)}))
             structure["act_quantizers"][name] = {"bits": module.bits, "grid": module.grid, "ranges": module.ranges,
                                                  "clusters": module.n_clusters, "channels": len(module.index)}
             covered.add(name)
