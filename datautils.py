@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from models.hub import hub_offline, hub_reachable
-from rptq.files import atomic_write
+from rptq.files import atomic_write, cache_root
 
 EVAL_SETS = ("wikitext2", "ptb", "c4")
 CALIB_SETS = ("mix", "wikitext2", "ptb", "c4")
@@ -323,9 +323,7 @@ def _tokenizer_id(tokenizer) -> str:
 def _cache_folder(cache_dir) -> pathlib.Path | None:
     if cache_dir is False:
         return None
-    if cache_dir is None:
-        cache_dir = os.environ.get("RPTQ_CACHE_DIR") or "~/.cache/rptq"
-    return pathlib.Path(cache_dir).expanduser()
+    return cache_root() if cache_dir is None else pathlib.Path(cache_dir).expanduser()
 
 
 def _load_cached(path: pathlib.Path, key: dict):

@@ -73,8 +73,6 @@ def quantize_and_evaluate(args, folder, manifest, written):
             model, tokenizer, adapter = load_model(args.model, dtype)
             store = WeightStore(model)
     weights = artifact.weights_source(manifest, args.model) if manifest else weights_source(args.model)
-    if lazy and not store.lazy and not manifest:
-        note(PROG, f"{args.model} has no safetensors or .bin checkpoint to read layer by layer: loaded whole")
     device_map = (placement.plan(model, adapter, args.device_map, max_memory, device, folder) if args.device_map
                   else None)
     rec = record.new_record(args.model, weights, adapter.family, label,

@@ -1,11 +1,15 @@
 """Resolve a model name to weights, a tokenizer and its family adapter; fail fast when the hub is unreachable."""
+import hashlib
 import importlib.util
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from rptq.files import atomic_folder, cache_root, probe_folder
 
 from .adapter import FAMILIES, ModelError
 from .hub import hub_offline, hub_reachable
@@ -13,6 +17,7 @@ from .weights import WeightStore, checkpoint_files
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_FORMAT = 1  # raise when the converted folder's content changes, so that older folders are not reused
 
 
 def hub_names():
@@ -43,6 +48,57 @@ def smollm2_source():
     return str(folder), SMOLLM2_GGUF
 
 
+def read_gguf(source, gguf):
+    """(config, tokenizer, float32 model) of the GGUF file source/gguf, read through transformers, which dequantizes
+    its weights to float32."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_loading()
+    gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey transformers' progress-bar switch
+    kwargs = {"gguf_file": gguf}
+    return (AutoConfig.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source, **kwargs),
+            AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs))
+
+
+def write_model_folder(folder, config, tokenizer, model):
+    """A model folder (safetensors weights, config, tokenizer) that from_pretrained reads: all of it, or nothing.
+    save_pretrained refuses a model read from GGUF, so the weights are written here, tied ones (the output embedding)
+    once under their first name, as save_pretrained does."""
+    import safetensors.torch
+
+    first = {}
+    tensors = {k: t.contiguous() for k, t in model.state_dict().items() if first.setdefault(t.data_ptr(), k) == k}
+    with atomic_folder(folder) as tmp:
+        safetensors.torch.save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def smollm2_folder():
+    """SmolLM2 as a model folder: its GGUF file converted once to float32 safetensors in the cache. Reading the GGUF
+    takes half a minute each time (its 49k-token vocabulary is parsed again for the config, the tokenizer and the
+    weights); the folder loads in a second, and layer by layer. The folder's name holds the file's size and time and
+    the transformers version that read it, so a new package or reader converts again. Float32 holds the dequantized
+    values exactly, so every dtype loads from the folder the numbers it would read from the GGUF."""
+    import transformers
+
+    source, gguf = smollm2_source()
+    stat = (Path(source) / gguf).stat()
+    key = json.dumps([source, gguf, stat.st_size, stat.st_mtime_ns, transformers.__version__, CONVERSION_FORMAT])
+    folder = cache_root() / "models" / f"{SMOLLM2}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not folder.is_dir():
+        print(f"{SMOLLM2}: converting {gguf} to float32 safetensors in {folder}, once (about a minute)",
+              file=sys.stderr)
+        try:
+            probe_folder(folder.parent)  # before the half minute of reading
+            write_model_folder(folder, *read_gguf(source, gguf))
+        except OSError as e:
+            raise ModelError(f"cannot write {SMOLLM2}'s converted weights to {folder} ({e.strerror or e}): set "
+                             "RPTQ_CACHE_DIR to a writable folder with 600 MB free") from None
+    return folder
+
+
 def _hub_source(name, repo):
     """Load from the local Hugging Face cache if the model is there, else from the hub if it answers."""
     from huggingface_hub import try_to_load_from_cache
@@ -67,8 +123,7 @@ def weights_source(name):
 def resolve(name):
     """Return (source, from_pretrained kwargs) for a model name, a hub alias or a local folder."""
     if name == SMOLLM2:
-        folder, gguf = smollm2_source()
-        return folder, {"gguf_file": gguf}
+        return str(smollm2_folder()), {}
     if name in hub_names():
         return _hub_source(name, hub_names()[name])
     if Path(name).is_dir():
@@ -102,7 +157,7 @@ def load_config(name):
     from transformers import AutoConfig
 
     source, kwargs = resolve(name)
-    if "gguf_file" not in kwargs and Path(source).is_dir():
+    if Path(source).is_dir():
         _check_config_file(Path(source) / "config.json")
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -122,14 +177,10 @@ def empty_model(config, dtype=None):
         return AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {})).eval()
 
 
-def _quiet_loading(kwargs):
+def _quiet_loading():
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
-    if "gguf_file" in kwargs:
-        import transformers.modeling_gguf_pytorch_utils as gguf_loading
-
-        gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey the switch above
 
 
 def load_model(name, dtype=torch.float32):
@@ -137,7 +188,7 @@ def load_model(name, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = resolve(name)
-    _quiet_loading(kwargs)
+    _quiet_loading()
     _, adapter = load_config(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -160,15 +211,15 @@ def _file_finder(source, kwargs):
 def load_lazily(name, dtype=torch.float32, folder=None):
     """Return (model, tokenizer, adapter, store) with the model built empty: only the modules outside the decoder
     layers (embeddings, final norm, head) are read now, each layer when `store` loads it. A checkpoint that cannot
-    be read tensor by tensor (GGUF) is loaded whole (store.lazy is False). folder: where store offloads modules."""
+    be read tensor by tensor (safetensors or PyTorch .bin) is refused. folder: where store offloads modules."""
     from transformers import AutoTokenizer
 
     source, kwargs = resolve(name)
-    files = None if "gguf_file" in kwargs else checkpoint_files(_file_finder(source, kwargs))
+    files = checkpoint_files(_file_finder(source, kwargs))
     if files is None:
-        model, tokenizer, adapter = load_model(name, dtype)
-        return model, tokenizer, adapter, WeightStore(model, folder=folder)
-    _quiet_loading(kwargs)
+        raise ModelError(f"{name} has no safetensors or PyTorch checkpoint to read layer by layer; run without "
+                         "--offload_folder or convert it (save_pretrained)")
+    _quiet_loading()
     config, adapter = load_config(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

@@ -43,7 +43,7 @@ def _file_keys(path):
 
 def checkpoint_files(find):
     """Tensor name -> local file of a Hugging Face checkpoint (safetensors or PyTorch .bin, sharded or not), or None
-    when it has neither (a GGUF file). find(file name) -> a local path, or None where the checkpoint has no such
+    when it has neither. find(file name) -> a local path, or None where the checkpoint has no such
     file."""
     for index, single in CHECKPOINT_FILES:
         if (path := find(index)) is not None:

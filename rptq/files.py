@@ -2,6 +2,7 @@
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 
 _UMASK = os.umask(0)
@@ -23,6 +24,31 @@ def atomic_path(path):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """A temporary folder beside path, filled in the block and renamed to path when it ends, removed if it fails. When
+    another process has made path meanwhile, its copy is kept and this one discarded: readers see a whole folder or
+    none."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_root():
+    """Where rebuildable files are kept (tokenized windows, converted models): $RPTQ_CACHE_DIR or ~/.cache/rptq."""
+    return pathlib.Path(os.environ.get("RPTQ_CACHE_DIR") or "~/.cache/rptq").expanduser()
 
 
 def probe_folder(folder):

@@ -5,9 +5,21 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import models
-from models import FAMILIES, ModelError, adapter_for, load_lazily, load_model, model_names, weights_source
+from models import (
+    FAMILIES,
+    ModelError,
+    adapter_for,
+    load_config,
+    load_lazily,
+    load_model,
+    loader,
+    model_names,
+    weights_source,
+)
+from models.loader import read_gguf, smollm2_source, write_model_folder
 
 
 def test_every_family_module_registers_itself():
@@ -50,10 +62,49 @@ def test_local_folder_loads_through_the_same_path_as_a_hub_model(tiny_opt_dir):
         load_model(str(tiny_opt_dir.parent))
 
 
-def test_a_gguf_model_cannot_be_read_layer_by_layer_and_loads_whole(smollm2, tmp_path):
-    model, _, adapter, store = load_lazily(smollm2, folder=tmp_path)
-    assert not store.lazy and adapter.family == "llama"
-    assert all(p.device.type == "cpu" for p in model.parameters())
-    layer = adapter.layers(model)[0]
-    store.release(layer)  # still goes to the offload folder once quantized
-    assert layer.mlp.down_proj.weight.device.type == "meta" and len(list(tmp_path.iterdir())) == 1
+def test_smollm2_folder_holds_what_reading_its_gguf_gives(smollm2, data_dir, tmp_path):
+    """The GGUF read directly against the folder written from it: the same tensors, config and tokens; and the
+    folder loads layer by layer."""
+    config, tokenizer, direct = read_gguf(*smollm2_source())
+    write_model_folder(tmp_path / "smol", config, tokenizer, direct)
+    model, folder_tokenizer, adapter = load_model(str(tmp_path / "smol"))
+    expected, got = direct.state_dict(), model.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as read from the GGUF
+    assert {k: v for k, v in load_config(str(tmp_path / "smol"))[0].to_dict().items() if k != "_name_or_path"} == {
+        k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+    text = (data_dir / "wikitext-2-raw" / "wiki.test.raw").read_text()[:200_000]
+    assert folder_tokenizer(text).input_ids == tokenizer(text).input_ids
+    assert (folder_tokenizer.bos_token_id, folder_tokenizer.eos_token_id) == (tokenizer.bos_token_id,
+                                                                             tokenizer.eos_token_id)
+    lazy, _, _, store = load_lazily(str(tmp_path / "smol"), folder=tmp_path / "off")
+    assert store.lazy and adapter.layers(lazy)[0].mlp.down_proj.weight.device.type == "meta"
+
+
+def test_smollm2_is_converted_once_per_package_file_and_reader(smollm2, tmp_path, monkeypatch):
+    """Where the converted folder goes and when it is made again; the conversion itself is replaced by a marker."""
+    import transformers
+
+    made = []
+    monkeypatch.setattr(loader, "read_gguf", lambda source, gguf: (source, gguf))
+    monkeypatch.setattr(loader, "write_model_folder", lambda folder, *read: (made.append(read), folder.mkdir()))
+    monkeypatch.setenv("RPTQ_CACHE_DIR", str(tmp_path / "cache"))
+    first = loader.smollm2_folder()
+    assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("smollm2-135m-")
+    assert loader.smollm2_folder() == first and made == [smollm2_source()]
+    monkeypatch.setattr(transformers, "__version__", "0.0.1")
+    assert loader.smollm2_folder() != first and len(made) == 2
+
+
+def test_an_unwritable_cache_is_one_line_before_the_gguf_is_read(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setattr(loader, "read_gguf", lambda *a: pytest.fail("read before the cache was found unwritable"))
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("RPTQ_CACHE_DIR", str(tmp_path / "file"))
+    with pytest.raises(ModelError, match="set RPTQ_CACHE_DIR to a writable folder"):
+        loader.smollm2_folder()
+
+
+def test_a_folder_without_a_readable_checkpoint_is_refused_for_lazy_loading(tiny_opt_dir, tmp_path):
+    shutil.copy(tiny_opt_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelError, match="no safetensors or PyTorch checkpoint to read layer by layer"):
+        load_lazily(str(tmp_path))

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from rptq.cli import UsageError
-from rptq.files import atomic_write, check_writable, write_text
+from rptq.files import atomic_folder, atomic_write, check_writable, write_text
 
 
 def test_atomic_write_leaves_one_file_with_the_usual_permissions(tmp_path):
@@ -26,6 +26,26 @@ def test_an_interrupted_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, fail)
     assert path.read_text() == "finished" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    with pytest.raises(KeyboardInterrupt), atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("whole")
+        assert not (tmp_path / "model").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (tmp_path / "model" / "weights").read_text() == "whole"
+
+
+def test_atomic_folder_made_meanwhile_by_another_process_is_kept(tmp_path):
+    with atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("mine")
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "weights").write_text("theirs")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert (tmp_path / "model" / "weights").read_text() == "theirs"
 
 
 def test_check_writable_leaves_no_trace(tmp_path):
