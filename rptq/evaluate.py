@@ -28,6 +28,14 @@ def ppl_interval(nlls):
     return sem, [math.exp(mean - Z95 * sem), math.exp(mean + Z95 * sem)]
 
 
+def paired_ratio(nlls, base_nlls):
+    """(perplexity over a baseline's on the same windows, its 95% interval): exp(mean per-window NLL difference).
+    What makes a window hard is common to both runs and cancels, so this interval is far tighter than the two
+    perplexities' intervals side by side; None for the interval with fewer than two windows."""
+    diffs = [a - b for a, b in zip(nlls, base_nlls, strict=True)]
+    return math.exp(sum(diffs) / len(diffs)), ppl_interval(diffs)[1]
+
+
 @torch.no_grad()
 def perplexity(model, windows, device="cpu", limit=None, desc="ppl", progress=True):
     """exp of the mean token NLL over the windows run ([n, seqlen] token ids, each scored on its own), with each

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import datautils
 
-from .evaluate import Z95
+from .evaluate import Z95, paired_ratio
 from .record import is_complete
 from .sweep import ROOT, TASKS
 
@@ -16,6 +16,7 @@ TITLES = {"ppl": "perplexity (Table 1)", "zeroshot": "zero-shot accuracy in % (T
 PAPER_FILES = {"ppl": (("paper", "table1_ppl_paper.csv"),),
                "zeroshot": (("paper", "table2_zeroshot_paper_partial.csv"), ("README", "table2_zeroshot_readme.csv"))}
 ZERO_SHOT_METRICS = ("acc", "acc_norm")
+BASELINE = "FP16"  # the setting the perplexity ratios are taken against
 
 
 def format_table(header, rows):
@@ -140,6 +141,32 @@ def ppl_cells(records, paper):
     return header, cells, notes
 
 
+def ratio_text(ratio, interval):
+    digits = 3 if ratio < 100 else 0
+    return f"{ratio:,.{digits}f}" + (f" [{interval[0]:,.{digits}f}-{interval[1]:,.{digits}f}]" if interval else "")
+
+
+def ratio_table(records):
+    """'SETTING / FP16' rows: each complete setting's perplexity over FP16's on the same windows, per set (None
+    without a complete FP16 row). A set whose windows differ from FP16's (count, length, text) shows '-'."""
+    base = records.get(BASELINE)
+    if not base or not is_complete(base):
+        return None
+    sets = ordered(list(base.get("ppl", {})), [label for s in datautils.EVAL_SETS for label in (s, f"{s}-proxy")])
+    rows = []
+    for name, record in records.items():
+        if name == BASELINE or not record or not is_complete(record):
+            continue
+        cells = []
+        for label in sets:
+            ours, theirs = record.get("ppl", {}).get(label, {}), base["ppl"][label]
+            same = all(ours.get(k) == theirs.get(k) for k in ("windows", "windows_total", "seqlen"))
+            nlls, base_nlls = ours.get("nlls"), theirs.get("nlls")
+            cells.append(ratio_text(*paired_ratio(nlls, base_nlls)) if same and nlls and base_nlls else "-")
+        rows.append([f"{name} / {BASELINE}", *cells])
+    return markdown_table(["setting", *sets], rows) if rows else None
+
+
 def zero_shot_cells(records, paper, tasks):
     """(header, {setting: cells}, notes) for zero-shot: per task its accuracies in % (acc_norm where a task has
     it), the paper's beside them."""
@@ -239,5 +266,11 @@ def render(table, model, records, paper, paper_note, tasks=TASKS):
     intervals = ("in brackets: 95% interval, exp(mean window NLL ± 1.96 standard errors over the windows run)"
                  if table == "ppl" else "±: 95% half-width, 1.96 times the harness's standard error")
     meta = describe_runs(table, records) + [intervals, f"paper numbers: {paper_note}"] + notes
-    return "\n".join([f"## {model_name(model)}: {TITLES[table]}", "", *(f"- {m}" for m in meta), "",
-                      markdown_table(["setting", *header], rows)]) + "\n"
+    text = [f"## {model_name(model)}: {TITLES[table]}", "", *(f"- {m}" for m in meta), "",
+            markdown_table(["setting", *header], rows)]
+    ratios = ratio_table(records) if table == "ppl" else None
+    if ratios:
+        text += ["", f"Perplexity over {BASELINE}'s on the same windows: exp(mean per-window NLL difference) "
+                 "[95% interval, ± 1.96 standard errors of the differences]. What makes a window hard cancels, so "
+                 "these intervals are far tighter than those above side by side.", "", ratios]
+    return "\n".join(text) + "\n"

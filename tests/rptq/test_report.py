@@ -1,4 +1,7 @@
 """rptq/report.py: the Markdown table of a sweep, from fabricated records, beside the paper's numbers."""
+import math
+import statistics
+
 import pytest
 
 from rptq.report import PAPER_DIR, format_table, load_paper, render
@@ -78,3 +81,26 @@ def test_a_model_the_paper_lacks_gets_no_paper_columns(paper_dir, markdown_row):
     text = render("ppl", "/models/tiny-opt", {"FP16": None}, paper, note)
     assert markdown_row(text, "setting") == ["setting", "wikitext2", "ptb", "c4"]
     assert markdown_row(text, "FP16") == ["FP16", "-", "-", "-"]
+
+
+def test_ppl_ratios_to_fp16_are_paired_over_the_same_windows(paper_dir, markdown_row):
+    def with_nlls(record, wikitext2, c4):
+        for label, nlls in (("wikitext2", wikitext2), ("c4-proxy", c4)):
+            record["ppl"][label].update(nlls=nlls, windows=len(nlls), seqlen=2048)
+        return record
+
+    fp16 = with_nlls(ppl_record("FP16", quantized=False), [2.0, 3.0, 2.5], [2.2, 2.4, 2.9])
+    w4a4 = with_nlls(ppl_record("W4A4"), [2.1, 3.2, 2.55], [2.2, 2.4, 2.9])
+    w4a8 = with_nlls(ppl_record("W4A8"), [2.0, 3.0, 2.5], [2.3, 2.5])  # other c4 windows: no ratio there
+    records = {"FP16": fp16, "W4A4": w4a4, "W4A8": w4a8, "W4A16": with_nlls(ppl_record("W4A16", "running"), [1] * 3,
+                                                                            [1] * 3)}
+    paper, note = load_paper(paper_dir, "ppl", MODEL)
+    text = render("ppl", MODEL, records, paper, note)
+    diffs = [0.1, 0.2, 0.05]
+    mean, sem = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(3)
+    expected = f"{math.exp(mean):.3f} [{math.exp(mean - 1.96 * sem):.3f}-{math.exp(mean + 1.96 * sem):.3f}]"
+    assert markdown_row(text, "W4A4 / FP16") == ["W4A4 / FP16", expected, "1.000 [1.000-1.000]"]  # same NLLs
+    assert markdown_row(text, "W4A8 / FP16") == ["W4A8 / FP16", "1.000 [1.000-1.000]", "-"]
+    assert "W4A16 / FP16" not in text and "FP16 / FP16" not in text  # incomplete rows and FP16 itself: none
+    del records["FP16"]
+    assert "/ FP16" not in render("ppl", MODEL, records, paper, note)
