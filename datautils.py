@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from models.hub import hub_offline, hub_reachable
-from rptq.files import atomic_write, cache_root
+from rptq.files import atomic_write, cache_root, file_sha256
 
 EVAL_SETS = ("wikitext2", "ptb", "c4")
 CALIB_SETS = ("mix", "wikitext2", "ptb", "c4")
@@ -49,14 +49,6 @@ def _document(line, column, path, lineno):
     if not isinstance(text, str):
         raise DataError(f"{path} line {lineno} is not a JSON object with a '{column}' text: {_LAYOUT_HINT}")
     return text
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _wikitext_rows(lines):

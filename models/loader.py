@@ -3,13 +3,13 @@ import hashlib
 import importlib.util
 import json
 import sys
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from rptq.files import atomic_folder, cache_root, probe_folder
+from rptq.files import atomic_folder, cache_root, file_sha256, probe_folder
 
 from .adapter import FAMILIES, ModelError
 from .hub import hub_offline, hub_reachable
@@ -75,6 +75,12 @@ def write_model_folder(folder, config, tokenizer, model):
         tokenizer.save_pretrained(tmp)
 
 
+@cache
+def _content_hash(path, size, mtime_ns):
+    """file_sha256 once per process and version of the file (half a second for the 98 MB GGUF)."""
+    return file_sha256(path)
+
+
 def smollm2_folder():
     """SmolLM2 as a model folder: its GGUF file converted once to float32 safetensors in the cache. Reading the GGUF
     takes half a minute each time (its 49k-token vocabulary is parsed again for the config, the tokenizer and the
@@ -84,8 +90,9 @@ def smollm2_folder():
     import transformers
 
     source, gguf = smollm2_source()
-    stat = (Path(source) / gguf).stat()
-    key = json.dumps([source, gguf, stat.st_size, stat.st_mtime_ns, transformers.__version__, CONVERSION_FORMAT])
+    path = Path(source) / gguf
+    stat = path.stat()
+    key = json.dumps([_content_hash(path, stat.st_size, stat.st_mtime_ns), transformers.__version__, CONVERSION_FORMAT])
     folder = cache_root() / "models" / f"{SMOLLM2}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not folder.is_dir():
         print(f"{SMOLLM2}: converting {gguf} to float32 safetensors in {folder}, once (about a minute)",

@@ -9,7 +9,6 @@ the tokenizer's files. The manifest is written last, so a folder without one was
 Nothing here knows a family: packed Linears, quantizers and reordered norms are found by module path when saving;
 when loading, activation quantizers are attached through the family adapter's sites, as the pipeline does.
 """
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import INDEX_DTYPE, stored_zero
 
-from .files import atomic_path, atomic_write, probe_folder
+from .files import atomic_path, atomic_write, file_sha256, probe_folder
 from .reorder import attach_norm_perm
 
 FORMAT = "rptq-quantized-model"
@@ -119,7 +118,7 @@ def save(model, tokenizer, folder, settings, provenance):
         "config": json.loads(model.config.to_json_string(use_diff=False)), "dtype": str(model.dtype).split(".")[-1],
         "label": settings["label"], "settings": settings, **provenance,
         "attn_implementation": model.config._attn_implementation,
-        "tensors": {"file": TENSORS, "bytes": tensor_file.stat().st_size, "sha256": _sha256(tensor_file)},
+        "tensors": {"file": TENSORS, "bytes": tensor_file.stat().st_size, "sha256": file_sha256(tensor_file)},
         "tied": tied, **structure,
         "reordered_norms": sorted(key.rpartition(".")[0] for key in tensors if key.endswith(f".{PERM}")),
     }
@@ -155,14 +154,6 @@ def read_manifest(path):
     return manifest
 
 
-def _sha256(path, chunk=1 << 24):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_tensors(path, manifest):
     """Every tensor of a saved folder, after checking the file's size and checksum against the manifest."""
     import safetensors.torch
@@ -175,7 +166,7 @@ def read_tensors(path, manifest):
     if size != expected.get("bytes"):
         what = "truncated" if size < expected.get("bytes", 0) else "not the file its manifest describes"
         raise ArtifactError(f"{file} is {what}: {size} bytes, the manifest says {expected.get('bytes')}")
-    if _sha256(file) != expected.get("sha256"):
+    if file_sha256(file) != expected.get("sha256"):
         raise ArtifactError(f"{file} is corrupt: its sha256 differs from the one in {MANIFEST}")
     try:
         return safetensors.torch.load_file(file)

@@ -1,5 +1,6 @@
 """Writing files so that a reader never sees half of one and an interrupted run loses nothing it finished."""
 import contextlib
+import hashlib
 import os
 import pathlib
 import shutil
@@ -44,6 +45,14 @@ def atomic_folder(path):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_root():

@@ -99,7 +99,7 @@ def local_tasks(names, data_dir) -> dict[str, LocalTask]:
 
 def describe_task_data(names, data_dir) -> list[dict]:
     """Each task's data for a run record: local files by path inside the data folder and sha256, or the hub."""
-    from datautils import file_sha256
+    from .files import file_sha256
 
     local = local_tasks(names, data_dir)
     out = []

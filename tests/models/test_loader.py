@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +93,10 @@ def test_smollm2_is_converted_once_per_package_file_and_reader(smollm2, tmp_path
     first = loader.smollm2_folder()
     assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("smollm2-135m-")
     assert loader.smollm2_folder() == first and made == [smollm2_source()]
+    source, gguf = smollm2_source()
+    shutil.copy(Path(source) / gguf, tmp_path / gguf)  # another install of the same file shares the folder
+    monkeypatch.setattr(loader, "smollm2_source", lambda: (str(tmp_path), gguf))
+    assert loader.smollm2_folder() == first and len(made) == 1
     monkeypatch.setattr(transformers, "__version__", "0.0.1")
     assert loader.smollm2_folder() != first and len(made) == 2
 
