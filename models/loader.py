@@ -84,8 +84,9 @@ def _content_hash(path, size, mtime_ns):
 def smollm2_folder():
     """SmolLM2 as a model folder: its GGUF file converted once to float32 safetensors in the cache. Reading the GGUF
     takes half a minute each time (its 49k-token vocabulary is parsed again for the config, the tokenizer and the
-    weights); the folder loads in a second, and layer by layer. The folder's name holds the file's size and time and
-    the transformers version that read it, so a new package or reader converts again. Float32 holds the dequantized
+    weights); the folder loads in a second, and layer by layer. The folder's name comes from the file's content and
+    the transformers version that read it: installs of the same file share it, a new file or reader converts again.
+    Float32 holds the dequantized
     values exactly, so every dtype loads from the folder the numbers it would read from the GGUF."""
     import transformers
 

@@ -148,7 +148,8 @@ def ratio_text(ratio, interval):
 
 def ratio_table(records):
     """'SETTING / FP16' rows: each complete setting's perplexity over FP16's on the same windows, per set (None
-    without a complete FP16 row). A set whose windows differ from FP16's (count, length, text) shows '-'."""
+    without a complete FP16 row). A set whose windows differ from FP16's (count run, count in the set, length)
+    shows '-'."""
     base = records.get(BASELINE)
     if not base or not is_complete(base):
         return None
