@@ -31,20 +31,35 @@ class _Observed(Exception):
     """Raised once the last observed tensor of a layer has been seen: the rest of its forward is not needed."""
 
 
+class _Recorder(torch.nn.Module):
+    """Stands in for decoder layer `index` while the embeddings run on the calibration windows: it keeps the keyword
+    arguments the model hands that layer (its attention mask and rotary tables, which differ between layer types,
+    e.g. Gemma3's sliding-window and full-attention layers) and passes its input on; the first one also keeps its
+    input, the last one ends the forward."""
+
+    def __init__(self, index, last, inputs, layer_kwargs):
+        super().__init__()
+        self.index, self.last, self.inputs, self.layer_kwargs = index, last, inputs, layer_kwargs
+
+    def forward(self, hidden_states, **kw):
+        if self.index == 0:
+            self.inputs.append(hidden_states)
+        self.layer_kwargs[self.index] = kw
+        if self.last:
+            raise _Captured
+        return hidden_states
+
+
 @torch.no_grad()
 def capture_layer_inputs(model, adapter, windows, device):
-    """Run the embeddings on each window and keep what the first decoder layer receives."""
+    """Run the embeddings on each window; return what the first decoder layer receives ([1, seqlen, hidden] per
+    window) and, per decoder layer, the keyword arguments the model hands it (the same for every window of one
+    length)."""
     layers = adapter.layers(model)
-    inputs, kwargs = [], {}
-    first = layers[0]
-
-    class Catcher(torch.nn.Module):
-        def forward(self, hidden_states, **kw):
-            inputs.append(hidden_states)
-            kwargs.update(kw)
-            raise _Captured
-
-    layers[0] = Catcher()
+    inputs, layer_kwargs = [], [None] * len(layers)
+    originals = list(layers)
+    for i in range(len(layers)):
+        layers[i] = _Recorder(i, i == len(layers) - 1, inputs, layer_kwargs)
     for m in adapter.embedding_modules(model):
         m.to(device)
     try:
@@ -54,10 +69,11 @@ def capture_layer_inputs(model, adapter, windows, device):
             except _Captured:
                 pass
     finally:
-        layers[0] = first
+        for i, layer in enumerate(originals):
+            layers[i] = layer
         for m in adapter.embedding_modules(model):
             m.to("cpu")
-    return inputs, kwargs
+    return inputs, layer_kwargs
 
 
 @torch.no_grad()
@@ -255,10 +271,12 @@ def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True
                        cfg.prob_bits is not None)
     timings = defaultdict(float)
     t = time.perf_counter()
-    inputs, kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)
+    inputs, layer_kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)
     timings["capture"] += time.perf_counter() - t
     clusters = []
-    for layer in tqdm(adapter.layers(model), desc=f"RPTQ {cfg.label}", disable=not progress):
+    layers = adapter.layers(model)
+    for layer, kwargs in tqdm(zip(layers, layer_kwargs), total=len(layers), desc=f"RPTQ {cfg.label}",
+                              disable=not progress):
         store.fetch(layer, cfg.device)
         clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, timings))
         t = time.perf_counter()  # (e)

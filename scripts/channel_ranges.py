@@ -117,8 +117,9 @@ def observe(model, adapter, windows, layer_index, points, device):
     use_site_attention(model, sites)
     # hooks sit on the chosen layer's modules only, so the float layers before it pass through unobserved
     observers = {id(s): SiteObserver(s) for s in sites}
-    inputs, kwargs = capture_layer_inputs(model, adapter, windows, device)
-    for layer in tqdm(adapter.layers(model)[:layer_index + 1], desc=f"layers 0..{layer_index}", file=sys.stderr):
+    inputs, layer_kwargs = capture_layer_inputs(model, adapter, windows, device)
+    for layer, kwargs in tqdm(list(zip(adapter.layers(model), layer_kwargs))[:layer_index + 1],
+                              desc=f"layers 0..{layer_index}", file=sys.stderr):
         layer.to(device)
         inputs = run_layer(layer, inputs, kwargs)
         layer.to("cpu")
