@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from models.hub import hub_offline, hub_reachable
-from rptq.files import atomic_write, cache_root, file_sha256
+from rptq.base import RPTQError, atomic_write, cache_root, file_sha256, hub_offline, hub_reachable
 
 EVAL_SETS = ("wikitext2", "ptb", "c4")
-CALIB_SETS = ("mix", "wikitext2", "ptb", "c4")
+CALIB_SETS = ("mix", "wikitext2", "ptb", "c4", "random")  # random: uniform token ids, for timing and memory runs
 
 # The protocol's C4 evaluation: 256 random windows drawn with seed 0.
 C4_EVAL_WINDOWS = 256
@@ -27,7 +26,7 @@ C4_EVAL_SEED = 0
 # Bump when the windowing changes, so that old cache files stop matching.
 _CACHE_FORMAT = 1
 
-_LAYOUT_HINT = "point --data_dir or RPTQ_DATA_DIR at a folder laid out like shared/offline-data"
+_LAYOUT_HINT = "point {data_dir} or RPTQ_DATA_DIR at a folder laid out like shared/offline-data"
 _C4_LOCAL = "c4/c4-train.00000-of-01024.first1000.jsonl"
 _C4_HUB = "allenai/c4"
 _C4_HUB_FILES = {
@@ -36,8 +35,12 @@ _C4_HUB_FILES = {
 }
 
 
-class DataError(Exception):
+class DataError(RPTQError):
     """One clear line: what is wrong and what to do."""
+
+
+def _layout_error(text, **data):
+    return DataError(f"{text}: {_LAYOUT_HINT}", option="data_dir", **data)
 
 
 def _document(line, column, path, lineno):
@@ -47,7 +50,8 @@ def _document(line, column, path, lineno):
     except (json.JSONDecodeError, KeyError, TypeError):
         text = None
     if not isinstance(text, str):
-        raise DataError(f"{path} line {lineno} is not a JSON object with a '{column}' text: {_LAYOUT_HINT}")
+        raise _layout_error("{path} line {lineno} is not a JSON object with a '{column}' text", path=str(path),
+                            lineno=lineno, column=column)
     return text
 
 
@@ -75,7 +79,7 @@ class _Source:
     def path(self, root: pathlib.Path) -> pathlib.Path:
         path = root / self.local
         if not path.is_file():
-            raise DataError(f"missing {self.local} in {root}: {_LAYOUT_HINT}")
+            raise _layout_error("missing {file} in {root}", file=self.local, root=str(root))
         return path
 
     def local_id(self, root: pathlib.Path) -> str:
@@ -93,18 +97,20 @@ class _Source:
                     return self.line_rows(f)
                 lines = f.readlines()
         except UnicodeDecodeError as e:
-            raise DataError(f"{path} is not UTF-8 text (byte {e.start}): restore it from {_LAYOUT_HINT}") from None
+            raise _layout_error("{path} is not UTF-8 text (byte {byte}): restore it", path=str(path),
+                                byte=e.start) from None
         start, stop = self.docs
         if len(lines) < stop:
-            raise DataError(f"{path} holds {len(lines)} documents, {stop} needed: {_LAYOUT_HINT}")
+            raise _layout_error("{path} holds {n} documents, {stop} needed", path=str(path), n=len(lines), stop=stop)
         return [_document(line, self.column, path, i + 1) for i, line in enumerate(lines[start:stop], start)]
 
     def hub_rows(self) -> list[str]:
         what = f"{self.hub_path} ({self.hub_split})"
-        advice = "pass --data_dir DIR or set RPTQ_DATA_DIR (layout: shared/offline-data)"
+        advice = "set {data_dir} or RPTQ_DATA_DIR (layout: shared/offline-data)"
         offline = hub_offline()
         if not offline and not hub_reachable():
-            raise DataError(f"cannot reach the Hugging Face hub to download {what}; {advice}")
+            raise DataError("cannot reach the Hugging Face hub to download {what}; " + advice, option="data_dir",
+                            what=what)
         import datasets  # slow import, only needed on this path
 
         data_files = {self.hub_split: _C4_HUB_FILES[self.hub_split]} if self.hub_path == _C4_HUB else None
@@ -113,7 +119,8 @@ class _Source:
         except Exception as e:  # any hub failure becomes one line of advice, not a long traceback
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             mode = " in offline mode (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)" if offline else ""
-            raise DataError(f"cannot load {what} from the Hugging Face hub{mode}: {reason}; {advice}") from None
+            raise DataError("cannot load {what} from the Hugging Face hub{mode}: {reason}; " + advice, option="data_dir",
+                            what=what, mode=mode, reason=reason) from None
         if self.hub_docs:
             return ds[self.hub_docs[0] : self.hub_docs[1]][self.column]
         return ds[self.column]
@@ -143,7 +150,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
         return None
     path = pathlib.Path(chosen).expanduser()
     if not path.is_dir():
-        raise DataError(f"data folder {path} does not exist: {_LAYOUT_HINT}")
+        raise _layout_error("data folder {path} does not exist", path=str(path))
     return path.resolve()
 
 
@@ -164,7 +171,8 @@ def load_text(name: str, purpose: str, data_dir=None) -> str:
 
 
 def _needed(eval_sets, calib_set):
-    calib_parts = () if calib_set is None else (EVAL_SETS if calib_set == "mix" else (calib_set,))
+    """The (set, purpose) text sources a run reads (random token ids read none)."""
+    calib_parts = {None: (), "random": (), "mix": EVAL_SETS}.get(calib_set, (calib_set,))
     return [(n, "eval") for n in eval_sets] + [(n, "calib") for n in calib_parts]
 
 
@@ -192,6 +200,8 @@ def describe_sources(eval_sets=(), calib_set=None, data_dir=None) -> list[dict]:
             entry = {"file": source.local, "sha256": file_sha256(source.path(root)),
                      "documents": source.docs and list(source.docs)}
         out.append({"set": name, "purpose": purpose, **{k: v for k, v in entry.items() if v is not None}})
+    if calib_set == "random":
+        out.append({"set": "random", "purpose": "calib", "tokens": "uniform token ids"})
     return out
 
 
@@ -218,7 +228,8 @@ def get_eval_windows(name, tokenizer, seqlen=2048, data_dir=None, cache_dir=None
         if name == "c4":
             return _random_windows(ids, seqlen, C4_EVAL_WINDOWS, random.Random(C4_EVAL_SEED), name)
         if ids.numel() < seqlen:
-            raise DataError(f"{name} test text has {ids.numel()} tokens, fewer than seqlen={seqlen}")
+            raise DataError("{name} test text has {n} tokens, fewer than {seqlen}={value}", option="seqlen", name=name,
+                            n=ids.numel(), value=seqlen)
         n = ids.numel() // seqlen
         return ids[: n * seqlen].reshape(n, seqlen)
 
@@ -228,10 +239,14 @@ def get_eval_windows(name, tokenizer, seqlen=2048, data_dir=None, cache_dir=None
 def get_calib_windows(name, tokenizer, nsamples, seed, seqlen=2048, data_dir=None, cache_dir=None) -> torch.Tensor:
     """[nsamples, seqlen] random slices of calibration token streams, drawn with random.Random(seed).
 
-    mix: exactly nsamples rows, split as evenly as possible over wikitext2, ptb, c4 (in that order).
+    mix: exactly nsamples rows, split as evenly as possible over wikitext2, ptb, c4 (in that order). random: uniform
+    token ids of the tokenizer's vocabulary from torch.Generator(seed), no text: for runs whose timing or memory, not
+    figures, is measured.
     """
     _check_name(name, CALIB_SETS)
     _check_positive(seqlen=seqlen, nsamples=nsamples)
+    if name == "random":
+        return torch.randint(0, len(tokenizer), (nsamples, seqlen), generator=torch.Generator().manual_seed(seed))
     root = resolve_data_dir(data_dir)
     parts = EVAL_SETS if name == "mix" else (name,)
     base, extra = divmod(nsamples, len(parts))
@@ -284,7 +299,8 @@ def _tokenize(source: _Source, root, tokenizer) -> torch.Tensor:
 
 def _random_windows(ids: torch.Tensor, seqlen: int, count: int, rng: random.Random, name: str) -> torch.Tensor:
     if ids.numel() < seqlen + 1:
-        raise DataError(f"{name} text has {ids.numel()} tokens, fewer than seqlen+1={seqlen + 1}")
+        raise DataError("{name} text has {n} tokens, fewer than {seqlen}+1={value}", option="seqlen", name=name,
+                        n=ids.numel(), value=seqlen + 1)
     starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(count)]
     return torch.stack([ids[s : s + seqlen] for s in starts])
 
@@ -299,7 +315,7 @@ def _document_windows(docs, tokenizer, seqlen, count, rng, max_draws=1_000_000):
         if ids.numel() > seqlen:
             start = rng.randint(0, ids.numel() - seqlen - 1)
             windows.append(ids[start : start + seqlen])
-    raise DataError(f"too few documents of more than {seqlen} tokens to draw {count} windows")
+    raise DataError("too few documents of more than {n} tokens to draw {count} windows", n=seqlen, count=count)
 
 
 def _tokenizer_id(tokenizer) -> str:

@@ -16,10 +16,8 @@ import time
 
 import torch
 
-from models import adapter_for, load_model
-from rptq.cli import pick_device
-from rptq.config import RPTQConfig
-from rptq.pipeline import quantize_model
+import rptq
+from rptq.placement import resolve_device
 
 
 def best_forward_seconds(model, ids, repeats):
@@ -64,13 +62,13 @@ def main():
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print each model's N costliest operators")
     args = p.parse_args()
 
-    device, dtype = pick_device(args.device, args.dtype)
-    float_model = opt_125m_shape(dtype) if args.model == "opt" else load_model("smollm2-135m", dtype)[0]
+    device, dtype = resolve_device(args.device, args.dtype)
+    float_model = opt_125m_shape(dtype) if args.model == "opt" else rptq.load("smollm2-135m", dtype).model
     quant_model = copy.deepcopy(float_model)  # before quantizing: a copy's hooks would call the original's quantizers
     vocab = float_model.config.vocab_size
     calib = torch.randint(0, vocab, (2, args.seqlen), generator=torch.Generator().manual_seed(0))
-    cfg = RPTQConfig(wbits=4, abits=4, w_quantizer="normal", device=device)
-    quantize_model(quant_model, adapter_for(quant_model.config), calib, cfg)
+    cfg = rptq.QuantConfig(wbits=4, abits=4, w_quantizer="normal")
+    rptq.quantize(rptq.Loaded.of(quant_model), calib, cfg, device)
     float_model.to(device)
     quant_model.to(device)
 

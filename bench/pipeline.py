@@ -12,10 +12,8 @@ import time
 import torch
 
 import datautils
-from models import load_model
-from rptq.cli import pick_device
-from rptq.config import RPTQConfig
-from rptq.pipeline import quantize_model
+import rptq
+from rptq.placement import resolve_device
 
 
 def float_pass_seconds(model, windows, device):
@@ -38,23 +36,22 @@ def main():
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     args = p.parse_args()
 
-    device, dtype = pick_device(args.device, args.dtype)
-    model, tokenizer, adapter = load_model("smollm2-135m", dtype)
-    data_dir = datautils.resolve_data_dir(None)
-    windows = (datautils.get_calib_windows("mix", tokenizer, args.nsamples, 2, args.seqlen, data_dir)
-               if data_dir is not None else torch.randint(0, len(tokenizer), (args.nsamples, args.seqlen)))
-    quantized = copy.deepcopy(model)
-    t_float = float_pass_seconds(model.to(device), windows, device)
-    del model
+    device, dtype = resolve_device(args.device, args.dtype)
+    loaded = rptq.load("smollm2-135m", dtype)
+    dataset = "mix" if datautils.resolve_data_dir(None) is not None else "random"  # timing does not need the text
+    windows = rptq.calibration_windows(loaded, dataset, args.nsamples, 2, args.seqlen)
+    quantized = rptq.Loaded.of(copy.deepcopy(loaded.model))
+    t_float = float_pass_seconds(loaded.model.to(device), windows, device)
+    del loaded
     start = time.perf_counter()
-    report = quantize_model(quantized, adapter, windows, RPTQConfig(wbits=4, abits=4, device=device))
+    report = rptq.quantize(quantized, windows, rptq.QuantConfig(wbits=4, abits=4), device)
     t_pipeline = time.perf_counter() - start
 
     print(f"float forward of {args.nsamples} x {args.seqlen} tokens (whole model): {t_float:.1f} s")
     print(f"RPTQ W4A4 pipeline: {t_pipeline:.1f} s")
-    for stage, seconds in sorted(report["timings_s"].items(), key=lambda kv: -kv[1]):
+    for stage, seconds in sorted(report.timings_s.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:<20} {seconds:8.1f} s  {seconds / t_float:5.2f}x float  {seconds / t_pipeline:6.1%}")
-    print(f"  {'(moving layers)':<20} {t_pipeline - sum(report['timings_s'].values()):8.1f} s")
+    print(f"  {'(moving layers)':<20} {t_pipeline - sum(report.timings_s.values()):8.1f} s")
     print(f"pipeline / float forward ratio (smollm2-135m, W4A4, {args.nsamples} windows, {device}, "
           f"{str(dtype).split('.')[-1]}): {t_pipeline / t_float:.2f}")
 

@@ -4,9 +4,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from quantize.attention import ATTENTION_TENSORS, register_tensor_hook
+from rptq.base import RPTQError
 
 
-class ModelError(Exception):
+class ModelError(RPTQError):
     """One clear line: what is wrong with the requested model and what to pass instead."""
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rptq.files import atomic_folder, cache_root, file_sha256, probe_folder
+from rptq.base import atomic_folder, cache_root, file_sha256, hub_offline, hub_reachable, probe_folder
 
 from .adapter import FAMILIES, ModelError
-from .hub import hub_offline, hub_reachable
 from .weights import WeightStore, checkpoint_files
 
 SMOLLM2 = "smollm2-135m"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rptq.files import atomic_path
+from rptq.base import atomic_path
 
 from .adapter import ModelError
 

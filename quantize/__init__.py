@@ -1,5 +1,5 @@
 """Numerics: quantizers, GPTQ, the probability-quantizing attention."""
-from .gptq import GPTQ, GRANULARITIES, GPTQError, column_groups, quantize_rtn, weight_qparams
+from .gptq import GPTQ, WEIGHT_GRANULARITIES, WEIGHT_QUANTIZERS, GPTQError, column_groups, quantize_rtn, weight_qparams
 from .pack import pack_codes, packed_size, unpack_codes
 from .packed import GridError, PackedLinear, WeightGrid
 from .quantizer import (
@@ -16,7 +16,7 @@ from .quantizer import (
     reduce_channels,
 )
 
-__all__ = ["GPTQ", "GRANULARITIES", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS", "RANGES",
+__all__ = ["GPTQ", "WEIGHT_GRANULARITIES", "WEIGHT_QUANTIZERS", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS", "RANGES",
            "ActQuantizer", "ProbQuantizer", "choose_qparams", "cluster_index", "cluster_minmax", "dequantize",
            "fake_quantize", "quantize", "reduce_channels", "pack_codes", "packed_size", "unpack_codes", "GridError",
            "PackedLinear", "WeightGrid"]

@@ -1,4 +1,5 @@
-"""Weight quantization: round-to-nearest and GPTQ with one (scale, zero) per output row and per column group.
+"""Weight quantization: round-to-nearest and GPTQ with one (scale, zero) per output row and per column group, each
+registered by name (WEIGHT_QUANTIZERS), as are the ways of grouping a weight's columns (WEIGHT_GRANULARITIES).
 
 The granularity is data: a group id per input column. RPTQ's default (RPTQ-METHOD.md section 7) makes the groups
 the clusters of the activation that feeds the Linear (group quantization with variable group sizes); plain GPTQ
@@ -9,25 +10,46 @@ import math
 import torch
 from torch import nn
 
+from rptq.base import Registry, RPTQError
+
 from .quantizer import choose_qparams, fake_quantize, qrange, reduce_channels
 
-GRANULARITIES = ("cluster", "channel", "group")
+WEIGHT_GRANULARITIES = Registry("weight granularity")
+WEIGHT_QUANTIZERS = Registry("weight quantizer")
 
 
-class GPTQError(RuntimeError):
+class GPTQError(RPTQError):
     """GPTQ cannot run on this Hessian."""
+
+
+@WEIGHT_GRANULARITIES.register("cluster")
+class PerInputCluster:
+    """One group per cluster of the Linear's input activation (RPTQ)."""
+
+    def groups(self, columns, clusters, groupsize):
+        assert len(clusters) == columns, "one cluster id per input column"
+        return clusters
+
+
+@WEIGHT_GRANULARITIES.register("channel")
+class PerOutputRow:
+    """One group: a scale per output row only (plain GPTQ)."""
+
+    def groups(self, columns, clusters, groupsize):
+        return torch.zeros(columns, dtype=torch.long)
+
+
+@WEIGHT_GRANULARITIES.register("group")
+class FixedColumnGroups:
+    """Contiguous groups of `groupsize` input columns."""
+
+    def groups(self, columns, clusters, groupsize):
+        return torch.arange(columns) // groupsize
 
 
 def column_groups(granularity, columns, clusters=None, groupsize=None):
     """Group id of each input column; clusters: the cluster id of each column (its input activation's)."""
-    if granularity == "cluster":
-        assert len(clusters) == columns, "one cluster id per input column"
-        return clusters
-    if granularity == "channel":
-        return torch.zeros(columns, dtype=torch.long)
-    if granularity == "group":
-        return torch.arange(columns) // groupsize
-    raise ValueError(f"unknown weight granularity '{granularity}' (choose from {GRANULARITIES})")
+    return WEIGHT_GRANULARITIES[granularity].groups(columns, clusters, groupsize)
 
 
 def weight_qparams(weight, groups, bits, grid="paper"):
@@ -91,8 +113,8 @@ class GPTQ:
         try:
             Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
         except torch.linalg.LinAlgError as e:
-            raise GPTQError(f"GPTQ: the Hessian of a {tuple(weight.shape)} weight is not positive definite ({e}); "
-                            "raise --percdamp") from None
+            raise GPTQError("GPTQ: the Hessian of a {shape} weight is not positive definite ({reason}); raise "
+                            "{percdamp}", option="percdamp", shape=tuple(weight.shape), reason=str(e)) from None
 
         qmin, qmax = qrange(bits)
         lo, hi = qmin - zero, qmax - zero  # fake_quantize's clamp bounds, once for all columns
@@ -113,3 +135,26 @@ class GPTQ:
             Q, scale, zero = Q[:, inverse], scale[:, inverse], zero[:, inverse]
         weight.copy_(Q.to(weight.dtype))
         return scale, zero
+
+
+class WeightQuantizer:
+    """How a Linear's weight is put on its grid. uses_hessian: it needs the GPTQ Hessian of the Linear's input."""
+    uses_hessian = False
+
+    def quantize(self, linear, groups, bits, grid, hessian=None, percdamp=0.01, act_order=False):
+        """Quantize linear's weight in place; return its (scale, zero) [rows, cols]."""
+        raise NotImplementedError
+
+
+@WEIGHT_QUANTIZERS.register("gptq")
+class GPTQQuantizer(WeightQuantizer):
+    uses_hessian = True
+
+    def quantize(self, linear, groups, bits, grid, hessian=None, percdamp=0.01, act_order=False):
+        return hessian.quantize(linear, groups, bits, grid, percdamp, act_order=act_order)
+
+
+@WEIGHT_QUANTIZERS.register("normal")
+class RoundToNearest(WeightQuantizer):
+    def quantize(self, linear, groups, bits, grid, hessian=None, percdamp=0.01, act_order=False):
+        return quantize_rtn(linear, groups, bits, grid)

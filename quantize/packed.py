@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rptq.base import RPTQError
+
 from .pack import pack_codes, packed_size, unpack_codes
 from .quantizer import dequantize, qrange, quantize
 
@@ -20,7 +22,7 @@ ZERO_DTYPE = torch.int32
 INDEX_DTYPE = torch.int32
 
 
-class GridError(ValueError):
+class GridError(RPTQError):
     """A weight that should sit on its quantization grid does not: its codes would not give it back."""
 
 

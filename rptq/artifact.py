@@ -19,7 +19,7 @@ from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import INDEX_DTYPE, stored_zero
 
-from .files import atomic_path, atomic_write, file_sha256, probe_folder
+from .base import RPTQError, atomic_path, atomic_write, check_folder, file_sha256
 from .reorder import attach_norm_perm
 
 FORMAT = "rptq-quantized-model"
@@ -32,7 +32,7 @@ MANIFEST_KEYS = ("family", "config", "dtype", "label", "settings", "attn_impleme
                  "packed_linears", "act_quantizers", "prob_quantizers", "reordered_norms")
 
 
-class ArtifactError(Exception):
+class ArtifactError(RPTQError):
     """A saved-model folder that cannot be written or read: one line saying which and why."""
 
 
@@ -45,15 +45,10 @@ def is_saved(path):
 def prepare_folder(path):
     """Before any calibration: the folder must be absent or empty (nothing is overwritten) and writable."""
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ArtifactError(f"--save {path} is a file, not a folder; pick another path")
     if folder.is_dir() and any(folder.iterdir()):
-        raise ArtifactError(f"--save {path}: the folder is not empty and nothing is overwritten; remove it or pick "
-                            "another folder")
-    try:
-        probe_folder(folder)
-    except OSError as e:
-        raise ArtifactError(f"--save {path} cannot be written: {e.strerror or e}") from None
+        raise ArtifactError("{save} {path}: the folder is not empty and nothing is overwritten; remove it or pick "
+                            "another folder", option="save", path=str(path))
+    check_folder(folder, "save")
 
 
 def _prefixed(prefix, state):
@@ -314,13 +309,3 @@ def saved_model_record(manifest, path):
             "clusters_per_layer", "versions")
     return {"folder": str(path), **{key: manifest.get(key) for key in keep},
             "tensors_sha256": manifest["tensors"]["sha256"]}
-
-
-def load_any(name, dtype=torch.float32):
-    """(model, tokenizer, adapter, manifest): a saved folder as load() reads it, or any other model name in floating
-    point as models.load_model reads it (manifest None)."""
-    if is_saved(name):
-        return load(name, dtype)
-    from models import load_model
-
-    return (*load_model(name, dtype), None)

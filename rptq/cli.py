@@ -1,11 +1,19 @@
-"""What main.py and the scripts share on the command line: one-line errors, device choice, the guarded run."""
+"""The command line over the library: main.py's parser, built from the settings' declarations (rptq/config.py), and
+what main.py and the scripts share: one-line errors naming flags, exit codes, the guarded run.
+
+Only the command line imports this module; the library's errors name settings, and here they become flags.
+"""
 import argparse
 import contextlib
 import sys
+import typing
+
+from .base import Message, RPTQError
+from .config import GROUPS, RunConfig, options
 
 
-class UsageError(Exception):
-    """Bad input: one line on stderr (what is wrong, what to do) and exit code 2."""
+class UsageError(RPTQError):
+    """Bad input to a script's own flags: one line on stderr (what is wrong, what to do) and exit code 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -13,16 +21,51 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _one_line_errors():
-    """Every error class that carries a complete one-line message for the user."""
-    from datautils import DataError
-    from models import ModelError
-    from quantize import GPTQError, GridError
-    from rptq.artifact import ArtifactError
-    from rptq.cluster import ClusterError
-    from rptq.tasks import TaskError
+def flag(name):
+    """How a command line names a setting: the positional model as MODEL, the others as --name."""
+    return "MODEL" if name == "model" else f"--{name}"
 
-    return UsageError, DataError, ModelError, GPTQError, GridError, ClusterError, TaskError, ArtifactError
+
+def render(message):
+    """An error or a note (a base.Message) as a command line says it: settings named by their flags."""
+    return message.render(flag)
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show (not for unset, off or empty settings)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, "") or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parse_type(annotation):
+    """The type argparse converts a setting's value to: int from `int | None` ..."""
+    types = [t for t in typing.get_args(annotation) or (annotation,) if t is not type(None)]
+    return types[0]
+
+
+def build_parser(prog="main.py", description=None):
+    """main.py's flags, one per setting of RunConfig, named as the reference's so that its scripts run here."""
+    p = OneLineParser(prog=prog, description=description, allow_abbrev=False, formatter_class=_DefaultsFormatter)
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
+    annotations = typing.get_type_hints(RunConfig)
+    for name, opt, default in options(RunConfig):
+        help_text = Message(opt.help, option=name).render(flag).replace("%", "%%")
+        if name == "model":
+            p.add_argument("model", help=help_text)
+            continue
+        kind = _parse_type(annotations[name])
+        kw = {"action": "store_true"} if kind is bool else {"type": kind, "choices": opt.choices,
+                                                            "metavar": opt.metavar}
+        groups[opt.group].add_argument(flag(name), default=default, help=help_text, **kw)
+    return p
+
+
+def given_flags(argv):
+    """The settings named on a command line (--flag or --flag=value), in their order."""
+    return list(dict.fromkeys(tok[2:].split("=")[0] for tok in argv if tok.startswith("--")))
 
 
 def close_progress_bars():
@@ -40,19 +83,17 @@ def close_progress_bars():
 
 
 def guarded(prog, body, interrupted="finished results are kept"):
-    """body() -> exit code; a one-line error is printed as such with exit code 2, Ctrl-C with 130.
-    interrupted: what is kept after a Ctrl-C, or a function that says it when asked."""
+    """body() -> exit code; a library error (RPTQError) is printed as one line naming flags, with exit code 2, Ctrl-C
+    with 130. interrupted: what is kept after a Ctrl-C, or a function that says it when asked."""
     try:
         return body()
     except KeyboardInterrupt:
         close_progress_bars()
         print(f"{prog}: interrupted; {interrupted() if callable(interrupted) else interrupted}", file=sys.stderr)
         return 130
-    except Exception as e:
-        if not isinstance(e, UsageError) and not isinstance(e, _one_line_errors()):
-            raise
+    except RPTQError as e:
         close_progress_bars()
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {render(e)}", file=sys.stderr)
         return 2
 
 
@@ -62,33 +103,5 @@ def script_main(prog, build_parser, run, argv=None):
     return guarded(prog, lambda: run(args))
 
 
-def note(prog, line):
-    print(f"{prog}: note: {line}", file=sys.stderr)
-
-
-def pick_device(device=None, dtype=None):
-    """(device, torch dtype) from the --device and --dtype values, refused with one line if unusable."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device '{device}' is not a torch device (use cpu, cuda or cuda:N)") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
-        if (parsed.index or 0) >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    dtype = dtype or ("float16" if parsed.type == "cuda" else "float32")
-    return device, getattr(torch, dtype)
-
-
-def dtype_name(dtype):
-    return str(dtype).split(".")[-1]
-
-
-def check_positions(config, name, seqlen):
-    max_positions = getattr(config, "max_position_embeddings", None)
-    if max_positions is not None and seqlen > max_positions:
-        raise UsageError(f"--seqlen {seqlen} is longer than {name}'s {max_positions} positions")
+def note(prog, message):
+    print(f"{prog}: note: {render(message) if isinstance(message, Message) else message}", file=sys.stderr)

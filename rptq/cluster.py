@@ -1,10 +1,11 @@
 """K-means clustering of channels by their (max, min) ranges (RPTQ-METHOD.md section 4)."""
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
+
+from .base import RPTQError
 
 
-class ClusterError(ValueError):
+class ClusterError(RPTQError):
     """A clustering request that cannot be met (more clusters than channels)."""
 
 
@@ -13,13 +14,16 @@ def check_cluster_count(k, channels, heads=1, name="R"):
     per_group = channels // heads
     if k > per_group:
         where = f" per head ({heads} heads)" if heads > 1 else ""
-        raise ClusterError(f"{name} asks for {k} clusters but has only {per_group} channels{where}; "
-                           f"lower --{name}_clusters")
+        raise ClusterError("{point} asks for {k} clusters but has only {per_group} channels{where}; lower {%s}"
+                           % f"{name}_clusters", option=f"{name}_clusters", point=name, k=k, per_group=per_group,
+                           where=where)
 
 
 def kmeans_labels(points, k):
     if k == 1:
         return np.zeros(len(points), dtype=np.int64)
+    from sklearn.cluster import KMeans  # a second of imports, only when clustering
+
     return KMeans(n_clusters=k, n_init=10, random_state=0).fit(points).labels_
 
 

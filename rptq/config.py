@@ -1,69 +1,264 @@
-"""The run configuration: main.py's flags, their checks, and the RPTQ settings they become.
+"""The settings of a run, each declared once: a field of QuantConfig (what RPTQ does to the model) or RunConfig (the
+whole run: model, calibration, evaluation, runtime and files), whose metadata is its Option: help, checks, choices,
+whether it changes the figures (the label, describe(), the result file's hash), whether a saved model keeps it, and
+when it changes nothing. The command line (rptq/cli.py), describe(), the label, the checks and the idle notes are
+derived from these declarations, so a new option is one field here plus its use.
 
-One home for the constants too, so that main.py, the pipeline and the scripts all read the same ones.
+Nothing heavy is imported here: a command line is checked before torch loads. Choices held by registries of lower
+layers (granularities, range metrics, weight quantizers, data sets) are read from them when first needed.
 """
-import argparse
+import dataclasses
+import importlib
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from typing import Callable
 
-import datautils
-from models import model_names
-from quantize import GRANULARITIES, GRIDS
-
-from .cli import OneLineParser, UsageError
+from .base import Message, RPTQError
 
 FLOAT_BITS = 16  # bits >= 16 mean floating point: no quantizer
 POINTS = ("R1", "R2", "R3", "R4", "R5")
+ALL_POINTS = "12345"
 DEFAULT_CLUSTERS = {"R1": 32, "R2": 4, "R3": 4, "R4": 32, "R5": 32}
 PROB_BITS_REFERENCE = 8  # the reference's fixed softmax grid
 NORM_BITS_REFERENCE = 8  # the reference keeps LayerNorm outputs at max(8, abits)
-METRICS = ("minmax", "ema_minmax")
 BIT_MODES = ("reference", "strict")
-W_QUANTIZERS = ("gptq", "normal")
-# Activation groups per reorder point: K-means clusters after a reorder (RPTQ), or the controls: as many contiguous
-# fixed groups in the original order (per-vector ranges), one group per channel (static per-channel ranges), or
-# dynamic ranges per token (as OmniQuant and QuaRot).
-A_GRANULARITIES = ("cluster", "fixed", "channel", "token")
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICE_MAPS = ("auto", "balanced", "sequential")  # accelerate's; auto is balanced, as in transformers
 # --max_memory units; B is bytes in any case (accelerate reads a lowercase b as bits), a bare number is bytes
 SIZE_UNITS = {"": 1, "b": 1, **{f"{p}b": 1000 ** (i + 1) for i, p in enumerate("kmgt")},
               **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgt")}}
-# A mode flag that cannot hold in a run is a contradiction and refused; any other idle flag only gets a note,
-# so that shell sweeps can pass the same flags to every setting, as the authors' scripts do.
-CONTRADICTIONS = ("only_quant_kv", "a_dynamic")
-# What a saved model fixed when it was quantized (the quantization and calibration flags, --seqlen aside, which
-# also sets the evaluation windows): given with a saved folder, they are refused rather than silently ignored.
-SAVED_FLAGS = ("wbits", "abits", "w_quantizer", "percdamp", "w_granularity", "groupsize", "act_order", "metric",
-               *(f"R{i}_clusters" for i in range(1, 6)), "reorder", "only_quant_kv", "a_dynamic", "a_granularity",
-               "grid", "bit_mode", "nsamples", "seed", "calib_dataset")
+GROUPS = ("quantization", "calibration", "evaluation", "runtime and files")
 
 
-@dataclass
-class RPTQConfig:
-    wbits: int = 4
-    abits: int = 4
-    clusters: dict = field(default_factory=lambda: dict(DEFAULT_CLUSTERS))
-    reorder: str = "12345"            # which of R1..R5 are clustered; the others get one cluster
-    metric: str = "ema_minmax"
-    w_quantizer: str = "gptq"         # or "normal": round-to-nearest
-    w_granularity: str = "cluster"    # weight scale groups: input clusters, "channel" (per row) or "group"
-    groupsize: int = 128              # columns per group with w_granularity="group"
-    act_order: bool = False           # GPTQ: columns by decreasing Hessian diagonal
-    percdamp: float = 0.01
-    only_quant_kv: bool = False       # quantize weights and K/V only (the W4A4KV rows)
-    a_dynamic: bool = False
-    a_granularity: str = "cluster"    # activation groups: "cluster", "fixed", "channel" or "token"
-    grid: str = "paper"               # or "full": the 2^k - 1 grid
-    bit_mode: str = "reference"       # or "strict": norm outputs and probabilities at abits too
-    device: str = "cpu"
+class ConfigError(RPTQError):
+    """A setting whose value cannot be used, or settings that contradict each other."""
+
+
+class Choices:
+    """The names a registry (or constant) of a lower layer holds, imported when first asked for."""
+
+    def __init__(self, module, attribute):
+        self.module, self.attribute = module, attribute
+
+    def names(self):
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __contains__(self, name):
+        return name in self.names()
+
+    def __len__(self):
+        return len(self.names())
+
+
+@dataclass(frozen=True)
+class Option:
+    help: str
+    group: str
+    choices: tuple | Choices | None = None
+    check: Callable | None = None      # value -> None, or what is wrong with it ("must be at least 1")
+    figures: bool = False              # changes the numbers: in describe() or the result file's hash
+    saved: bool = False                # fixed when a model is quantized: refused with a saved model
+    needed: Callable | None = None     # config -> whether it changes anything in the run (None: always)
+    idle_because: str = ""             # what it would need, for its note
+    contradiction: bool = False        # changing nothing contradicts the run: refused, not a note
+    record: Callable | None = None     # describe()'s value (config -> value); None: the value as it is
+    recorded: bool = True              # in describe() under its own name
+    metavar: str | None = None
+
+
+def option(default, help, group, **kw):
+    return field(default=default, metadata={"option": Option(help, group, **kw)})
+
+
+def option_of(f):
+    return f.metadata["option"]
+
+
+def options(cls):
+    """(name, Option, default) of each declared setting of a config class, in declaration order."""
+    return [(f.name, option_of(f), f.default) for f in fields(cls) if "option" in f.metadata]
+
+
+# ---- value checks ----
+
+def between(low, high, note=""):
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}{note}"
+
+
+def at_least(low):
+    return lambda v: None if v is None or v >= low else f"must be at least {low}"
+
+
+def not_negative(v):
+    return None if v >= 0 else "must not be negative"
+
+
+def point_digits(v):
+    ok = v is None or re.fullmatch(r"(?!.*(.).*\1)[1-5]*", v)
+    return None if ok else "takes distinct digits 1-5 such as 12345 or 13"
+
+
+def comma_list(text):
+    return list(dict.fromkeys(s for s in text.split(",") if s))
+
+
+def known_sets(text):
+    unknown = [s for s in comma_list(text) if s not in Choices("datautils", "EVAL_SETS")]
+    return f"unknown {', '.join(unknown)} (choose from {', '.join(Choices('datautils', 'EVAL_SETS'))})" if unknown \
+        else None
+
+
+def memory_budgets(text):
+    """--max_memory as accelerate takes it: {GPU index or "cpu": bytes}; None for None; ConfigError if bad."""
+    if text is None:
+        return None
+    budgets = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not (sep and key and value):
+            raise _budget_error("'{item}' is not DEVICE=SIZE (e.g. 0=70GiB,1=70GiB,cpu=200GiB)", item=item)
+        device = _budget_device(key)
+        if device in budgets:
+            raise _budget_error("{key} is given twice", key=key)
+        budgets[device] = _budget_bytes(key, value)
+    return budgets
+
+
+def _budget_error(text, **data):
+    return ConfigError("{max_memory}: " + text, option="max_memory", **data)
+
+
+def _budget_device(key):
+    if key.lower() == "cpu":
+        return "cpu"
+    index = re.fullmatch(r"(?:cuda:)?(\d+)", key.lower())
+    if index is None:
+        raise _budget_error("unknown device '{key}' (GPU indices 0, 1, ... and cpu; disk takes no budget, it holds "
+                            "whatever does not fit)", key=key)
+    return int(index.group(1))
+
+
+def _budget_bytes(key, value):
+    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b)?", value.lower())
+    if size is None or (size.group(2) or "") not in SIZE_UNITS or (not size.group(2) and "." in value):
+        raise _budget_error("'{value}' for {key} is not a size such as 70GiB, 500MB or a number of bytes",
+                            value=value, key=key)
+    budget = int(float(size.group(1)) * SIZE_UNITS[size.group(2) or ""])
+    if budget <= 0:
+        raise _budget_error("{key} gets no memory ({value}); leave the device out instead", key=key, value=value)
+    return budget
+
+
+def _budgets_check(text):
+    memory_budgets(text)  # raises with its own message
+
+
+# ---- when an option changes something ----
+
+def _weights(c):
+    return c.wbits < FLOAT_BITS
+
+
+def _acts(c):
+    return c.abits < FLOAT_BITS
+
+
+def _hessian(c):
+    from quantize.gptq import WEIGHT_QUANTIZERS
+
+    return _weights(c) and WEIGHT_QUANTIZERS[c.w_quantizer].uses_hessian
+
+
+def _static_acts(c):
+    return _acts(c) and c.act_ranges == "static"
+
+
+def _granularity(c):
+    from .granularity import GRANULARITIES
+
+    return GRANULARITIES[c.a_granularity]
+
+
+Q, C, E, R = GROUPS
+
+
+@dataclass(kw_only=True)
+class QuantConfig:
+    """What RPTQ does to a model: everything a saved model keeps and its label names. The defaults are the reference's
+    method at float bits (W16A16: the reorder alone); QuantConfig(wbits=4, abits=4) is RPTQ W4A4."""
+    wbits: int = option(16, "weight bits (16: float weights)", Q, check=between(1, 16, " (16 = floating point)"),
+                        figures=True, saved=True)
+    abits: int = option(16, "activation bits (16: float activations)", Q,
+                        check=between(1, 16, " (16 = floating point)"), figures=True, saved=True)
+    w_quantizer: str = option("gptq", "weight quantizer: gptq, or normal = round-to-nearest", Q,
+                              choices=Choices("quantize.gptq", "WEIGHT_QUANTIZERS"), figures=True, saved=True,
+                              needed=_weights)
+    percdamp: float = option(0.01, "GPTQ damping, fraction of mean diag(H)", Q, check=not_negative, figures=True,
+                             saved=True, needed=_hessian)
+    w_granularity: str = option("cluster", "weight scales per output row and per: input cluster (RPTQ), nothing else "
+                                "(channel), or {groupsize} columns (group)", Q,
+                                choices=Choices("quantize.gptq", "WEIGHT_GRANULARITIES"), figures=True, saved=True,
+                                needed=_weights)
+    groupsize: int = option(128, "columns per weight group with {w_granularity} group", Q, check=at_least(1),
+                            figures=True, saved=True, needed=lambda c: _weights(c) and c.w_granularity == "group",
+                            record=lambda c: c.groupsize if c.w_granularity == "group" else None)
+    act_order: bool = option(False, "GPTQ: quantize columns by decreasing Hessian diagonal", Q, figures=True,
+                             saved=True, needed=_hessian)
+    metric: str = option("ema_minmax", "activation range estimator over calibration windows", Q,
+                         choices=Choices("quantize.observer", "RANGE_METRICS"), figures=True, saved=True,
+                         needed=_static_acts)
+    R1_clusters: int = option(DEFAULT_CLUSTERS["R1"], "clusters at R1", Q, check=at_least(1), figures=True,
+                              saved=True, recorded=False, needed=lambda c: "1" in c.points)
+    R2_clusters: int = option(DEFAULT_CLUSTERS["R2"], "clusters at R2 (per attention head; Llama: per K/V head)", Q,
+                              check=at_least(1), figures=True, saved=True, recorded=False,
+                              needed=lambda c: "2" in c.points)
+    R3_clusters: int = option(DEFAULT_CLUSTERS["R3"], "clusters at R3 (per attention head; Llama: per K/V head)", Q,
+                              check=at_least(1), figures=True, saved=True, recorded=False,
+                              needed=lambda c: "3" in c.points)
+    R4_clusters: int = option(DEFAULT_CLUSTERS["R4"], "clusters at R4", Q, check=at_least(1), figures=True,
+                              saved=True, recorded=False, needed=lambda c: "4" in c.points)
+    R5_clusters: int = option(DEFAULT_CLUSTERS["R5"], "clusters at R5", Q, check=at_least(1), figures=True,
+                              saved=True, recorded=False, needed=lambda c: "5" in c.points)
+    reorder: str | None = option(None, "which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (unset: "
+                                 "12345; with {wbits} and {abits} 16, setting it runs the pipeline with every quantizer "
+                                 "off); a point left out gets one cluster", Q, check=point_digits, figures=True,
+                                 saved=True, record=lambda c: c.points)
+    only_quant_kv: bool = option(False, "quantize weights and the KV cache only (WxAyKV)", Q, figures=True,
+                                 saved=True, needed=_acts, contradiction=True)
+    a_dynamic: bool = option(False, "activation ranges from each forward, not calibration (so decoding token by "
+                             "token with the KV cache no longer equals a full forward)", Q, figures=True, saved=True,
+                             needed=lambda c: _acts(c) and _granularity(c).ranges == "static", contradiction=True)
+    a_granularity: str = option("cluster", "activation groups at each reorder point: K-means clusters after a reorder "
+                                "(cluster: RPTQ), or the controls: as many contiguous groups in the original order "
+                                "(fixed), one per channel (channel), dynamic per-token ranges (token); with the "
+                                "controls, weight groups ({w_granularity} cluster) are the fixed groups", Q,
+                                choices=Choices("rptq.granularity", "GRANULARITIES"), figures=True, saved=True)
+    grid: str = option("paper", "paper: scale = range / 2^k as the reference; full: range / (2^k - 1)", Q,
+                       choices=Choices("quantize.quantizer", "GRIDS"), figures=True, saved=True,
+                       needed=lambda c: _weights(c) or _acts(c))
+    bit_mode: str = option("reference", "reference: LayerNorm outputs at max(8, abits), softmax on an 8-bit grid; "
+                           "strict: every quantized activation at abits", Q, choices=BIT_MODES, figures=True,
+                           saved=True, needed=lambda c: _acts(c) and not c.only_quant_kv)
 
     @classmethod
     def from_description(cls, description):
-        """The settings back from describe()'s output (a saved model's), for its label and mode line."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in description.items() if k in names and v is not None})
+        """The settings back from describe()'s output (a saved model's)."""
+        values = {name: description[name] for name, opt, _ in options(QuantConfig)
+                  if opt.recorded and description.get(name) is not None}
+        values.update({f"{p}_clusters": k for p, k in description.get("clusters", {}).items()})
+        return cls(**values)
+
+    def quant(self):
+        """The QuantConfig part of this config."""
+        return QuantConfig(**{name: getattr(self, name) for name, _, _ in options(QuantConfig)})
+
+    @property
+    def points(self):
+        """The reorder points clustered, as digits."""
+        return ALL_POINTS if self.reorder is None else self.reorder
 
     @property
     def label(self):
@@ -84,30 +279,27 @@ class RPTQConfig:
         return PROB_BITS_REFERENCE if self.bit_mode == "reference" else self.abits
 
     def point_clusters(self, name):
-        """Clusters (or fixed groups) per head at a reorder point; a point left out of --reorder has one."""
-        return self.clusters[name] if name[1] in self.reorder else 1
+        """Clusters (or fixed groups) per head at a reorder point; a point left out of reorder has one."""
+        return getattr(self, f"{name}_clusters") if name[1] in self.points else 1
 
     @property
     def act_ranges(self):
-        """The activation quantizers' ranges: static (calibrated), dynamic per group, or dynamic per token."""
-        if self.a_granularity == "token":
-            return "token"
-        return "dynamic" if self.a_dynamic else "static"
+        """The activation quantizers' ranges: "static" (calibrated), "dynamic" per group, or "token"."""
+        ranges = _granularity(self).ranges
+        return "dynamic" if ranges == "static" and self.a_dynamic else ranges
 
     def describe(self):
-        """Every quantizer setting that produced a number, for its label."""
-        return {"label": self.label, "wbits": self.wbits, "abits": self.abits, "w_quantizer": self.w_quantizer,
-                "w_granularity": self.w_granularity,
-                "groupsize": self.groupsize if self.w_granularity == "group" else None,
-                "act_order": self.act_order, "percdamp": self.percdamp, "metric": self.metric, "grid": self.grid,
-                "bit_mode": self.bit_mode,
-                "a_dynamic": self.a_dynamic, "a_granularity": self.a_granularity,
-                "only_quant_kv": self.only_quant_kv, "reorder": self.reorder,
-                "clusters": {p: self.point_clusters(p) for p in POINTS},
-                "norm_bits": self.site_bits("norm"), "prob_bits": self.prob_bits}
+        """Every quantizer setting that produced a number, for its label and its record."""
+        out = {"label": self.label}
+        for name, opt, _ in options(QuantConfig):
+            if opt.recorded:
+                out[name] = opt.record(self) if opt.record else getattr(self, name)
+        out.update(clusters={p: self.point_clusters(p) for p in POINTS}, norm_bits=self.site_bits("norm"),
+                   prob_bits=self.prob_bits)
+        return out
 
     def mode_line(self):
-        """What produced the numbers, in a few words (the JSON has every setting)."""
+        """What produced the numbers, in a few words (the record has every setting)."""
         parts = [f"{self.grid} grid"]
         if self.wbits < FLOAT_BITS:
             parts.append(f"{self.w_quantizer} weights per {self.w_granularity}" + (" act-order" if self.act_order
@@ -116,275 +308,164 @@ class RPTQConfig:
             parts.append("KV cache only" if self.only_quant_kv else f"{self.bit_mode} activation bits")
             parts.append({"token": "dynamic ranges per token", "dynamic": "dynamic ranges",
                           "static": f"{self.metric} ranges"}[self.act_ranges])
-            if self.a_granularity in ("fixed", "channel"):
-                parts.append(f"{self.a_granularity} activation groups")
-        parts.append(f"reorder {self.reorder or 'none'}")
+            parts += _granularity(self).mode_words
+        parts.append(f"reorder {self.points or 'none'}")
         return f"({', '.join(parts)})"
 
 
-def build_parser(prog="main.py", description=None):
-    """main.py's flags, named as the reference's so that its scripts run here."""
-    p = OneLineParser(prog=prog, description=description, allow_abbrev=False,
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help=f"one of {', '.join(model_names())}, a local model folder, or a folder written by "
-                                 "--save (runs with no calibration)")
-    g = p.add_argument_group("quantization")
-    g.add_argument("--wbits", type=int, default=16, help="weight bits (16: float weights)")
-    g.add_argument("--abits", type=int, default=16, help="activation bits (16: float activations)")
-    g.add_argument("--w_quantizer", choices=W_QUANTIZERS, default="gptq", help="gptq, or normal = round-to-nearest")
-    g.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag(H)")
-    g.add_argument("--w_granularity", choices=GRANULARITIES, default="cluster",
-                   help="weight scales per output row and per: input cluster (RPTQ), nothing else (channel), or "
-                        "--groupsize columns (group)")
-    g.add_argument("--groupsize", type=int, default=128, help="columns per weight group with --w_granularity group")
-    g.add_argument("--act_order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
-    g.add_argument("--metric", choices=METRICS, default="ema_minmax",
-                   help="activation range estimator over calibration windows")
-    for i, k in enumerate(DEFAULT_CLUSTERS.values(), 1):
-        g.add_argument(f"--R{i}_clusters", type=int, default=k,
-                       help=f"clusters at R{i}" + (" (per attention head; Llama: per K/V head)" if i in (2, 3) else ""))
-    g.add_argument("--reorder", default=None,
-                   help="which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (default 12345; with "
-                        "--wbits 16 --abits 16, giving it runs the pipeline with every quantizer off)")
-    g.add_argument("--only_quant_kv", action="store_true", help="quantize weights and the KV cache only (WxAyKV)")
-    g.add_argument("--a_dynamic", action="store_true",
-                   help="activation ranges from each forward, not calibration (so decoding token by token with "
-                        "the KV cache no longer equals a full forward)")
-    g.add_argument("--a_granularity", choices=A_GRANULARITIES, default="cluster",
-                   help="activation groups at each reorder point: K-means clusters after a reorder (RPTQ); as many "
-                        "contiguous groups in the original order, no reorder (fixed); one per channel (channel); or "
-                        "dynamic per-token ranges (token). With fixed, channel and token, weight groups "
-                        "(--w_granularity cluster) are the fixed groups")
-    g.add_argument("--grid", choices=GRIDS, default="paper",
-                   help="paper: scale = range / 2^k as the reference; full: range / (2^k - 1)")
-    g.add_argument("--bit_mode", choices=BIT_MODES, default="reference",
-                   help="reference: LayerNorm outputs at max(8, abits), softmax on an 8-bit grid; "
-                        "strict: every quantized activation at abits")
-    c = p.add_argument_group("calibration")
-    c.add_argument("--nsamples", type=int, default=128, help="calibration windows")
-    c.add_argument("--seed", type=int, default=2, help="calibration sampling seed")
-    c.add_argument("--calib_dataset", choices=datautils.CALIB_SETS, default="mix")
-    c.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration and evaluation window")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--eval_ppl", action="store_true", help="perplexity on wikitext2, ptb and c4")
-    e.add_argument("--ppl_datasets", default=",".join(datautils.EVAL_SETS), help="comma list for --eval_ppl")
-    e.add_argument("--tasks", default="",
-                   help="comma list of lm-evaluation-harness tasks, e.g. lambada_openai,piqa; with a data folder "
-                        "holding their files, the paper's six run offline from it")
-    e.add_argument("--num_fewshot", type=int, default=0,
-                   help="few-shot examples per task prompt (the paper: 0; local tasks have no training split)")
-    e.add_argument("--batch_size", type=int, default=1,
-                   help="lm-evaluation-harness batch size (recorded: it moves the numbers slightly)")
-    e.add_argument("--limit", type=int, default=None,
-                   help="run only the first N perplexity windows / examples per task (averages over those N)")
-    r = p.add_argument_group("runtime and files")
-    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    r.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: float32 on cpu, "
-                                                                   "float16 on cuda)")
-    r.add_argument("--data_dir", default=None,
-                   help="local data folder laid out like shared/offline-data (else $RPTQ_DATA_DIR, else the hub)")
-    r.add_argument("--cache_dir", default=None, help="tokenized-data cache (default $RPTQ_CACHE_DIR or "
-                                                     "~/.cache/rptq)")
-    r.add_argument("--output_path", default="out",
-                   help="JSON results: a .json file, or a folder that gets MODEL_LABEL_SETTINGSHASH.json")
-    r.add_argument("--save", default=None, metavar="DIR",
-                   help="after calibration, write the quantized model (packed weights, quantizer parameters, "
-                        "tokenizer) into DIR, a new or empty folder; `main.py DIR` loads it")
-    r.add_argument("--device_map", choices=DEVICE_MAPS, default=None,
-                   help="evaluate with the model spread by accelerate over GPUs, CPU memory and --offload_folder, "
-                        "each decoder layer whole on one device (balanced: even over the GPUs, auto: the same; "
-                        "sequential: fill GPU 0 first); the model is then loaded lazily")
-    r.add_argument("--max_memory", default=None,
-                   help="budgets for --device_map, e.g. 0=70GiB,1=70GiB,cpu=200GiB (GPU indices and cpu; KB..TB or "
-                        "KiB..TiB, B always bytes); default: what the devices have free")
-    r.add_argument("--offload_folder", default=None,
-                   help="load the model lazily (one decoder layer in memory at a time, read from the safetensors or "
-                        ".bin shards), write each quantized layer to this folder, and let --device_map put layers "
-                        "there; a fresh subfolder per run, removed at the end")
-    return p
+def _quantizes(c):
+    return c.quantizes
 
 
-def given_flags(argv):
-    """The flags named on a command line (--flag or --flag=value)."""
-    return {tok[2:].split("=")[0] for tok in argv if tok.startswith("--")}
+@dataclass(kw_only=True)
+class RunConfig(QuantConfig):
+    """One run (python main.py MODEL ... is one RunConfig): the model, what RPTQ does to it (QuantConfig's fields),
+    its calibration, what is evaluated and where files go. rptq.run(RunConfig(...)) runs it."""
+    model: str = option(None, "a model name (a hub alias such as opt-1.3b, or a model shipped in a PyPI package "
+                        "such as smollm2-135m), a local model folder, or a folder written by {save} (runs with no "
+                        "calibration)", R)
+    nsamples: int = option(128, "calibration windows", C, check=at_least(1), figures=True, saved=True,
+                           needed=_quantizes)
+    seed: int = option(2, "calibration sampling seed", C, figures=True, saved=True, needed=_quantizes)
+    calib_dataset: str = option("mix", "calibration text: mix (nsamples split as evenly as possible over wikitext2, "
+                                "ptb and c4) or one of those sets", C, choices=Choices("datautils", "CALIB_SETS"),
+                                figures=True, saved=True, needed=_quantizes)
+    seqlen: int = option(2048, "tokens per calibration and evaluation window", C, check=at_least(1), figures=True)
+    eval_ppl: bool = option(False, "perplexity on {ppl_datasets}", E)
+    ppl_datasets: str = option("wikitext2,ptb,c4", "comma list of perplexity sets", E, check=known_sets,
+                               needed=lambda c: c.eval_ppl, idle_because="no {eval_ppl}")
+    tasks: str = option("", "comma list of lm-evaluation-harness tasks, e.g. lambada_openai,piqa; with a data folder "
+                        "holding their files, the paper's six run offline from it", E)
+    num_fewshot: int = option(0, "few-shot examples per task prompt (the paper: 0; local tasks have no training "
+                              "split)", E, check=not_negative, needed=lambda c: bool(c.tasks),
+                              idle_because="no {tasks}")
+    batch_size: int = option(1, "lm-evaluation-harness batch size (recorded: it moves the numbers slightly)", E,
+                             check=at_least(1), needed=lambda c: bool(c.tasks), idle_because="no {tasks}")
+    limit: int | None = option(None, "run only the first N perplexity windows / examples per task (the mean is over "
+                               "those N)", E, check=at_least(1), figures=True, metavar="N")
+    device: str | None = option(None, "cpu, cuda or cuda:N (unset: cuda if available, else cpu)", R)
+    dtype: str | None = option(None, "model dtype (unset: float32 on cpu, float16 on cuda)", R, choices=DTYPES,
+                               figures=True)
+    data_dir: str | None = option(None, "local data folder laid out like shared/offline-data (unset: "
+                                  "$RPTQ_DATA_DIR, else the Hugging Face hub)", R)
+    cache_dir: str | None = option(None, "tokenized-data cache (unset: $RPTQ_CACHE_DIR or ~/.cache/rptq)", R)
+    output_path: str | None = option("out", "JSON results: a .json file, or a folder that gets "
+                                     "MODEL_LABEL_SETTINGSHASH.json", R)
+    save: str | None = option(None, "after calibration, write the quantized model (packed weights, quantizer "
+                              "parameters, tokenizer) into DIR, a new or empty folder; main.py DIR loads it", R,
+                              metavar="DIR")
+    device_map: str | None = option(None, "evaluate with the model spread by accelerate over GPUs, CPU memory and "
+                                    "{offload_folder}, each decoder layer whole on one device (balanced: even over "
+                                    "the GPUs, auto: the same; sequential: fill GPU 0 first); the model is then "
+                                    "loaded lazily", R, choices=DEVICE_MAPS)
+    max_memory: str | None = option(None, "budgets for {device_map}, e.g. 0=70GiB,1=70GiB,cpu=200GiB (GPU indices and "
+                                    "cpu; KB..TB or KiB..TiB, B always bytes; unset: what the devices have free)", R,
+                                    check=_budgets_check, needed=lambda c: c.device_map is not None,
+                                    idle_because="no {device_map}")
+    offload_folder: str | None = option(None, "load the model lazily (one decoder layer in memory at a time, read "
+                                        "from the safetensors or .bin shards), write each quantized layer to this "
+                                        "folder, and let {device_map} put layers there; a fresh subfolder per run, "
+                                        "removed at the end", R,
+                                        needed=lambda c: c.quantizes or c.device_map is not None,
+                                        idle_because="no {device_map}")
+
+    @property
+    def quantizes(self):
+        """Whether RPTQ runs: bits below 16, or a reorder asked for; otherwise the float model, no calibration."""
+        return self.wbits < FLOAT_BITS or self.abits < FLOAT_BITS or self.reorder is not None
+
+    def ppl_sets(self):
+        return comma_list(self.ppl_datasets)
+
+    def task_names(self):
+        return comma_list(self.tasks)
+
+    def budgets(self):
+        return memory_budgets(self.max_memory)
+
+    def settings(self, device, dtype):
+        """Every setting as the run record keeps it (device and dtype as resolved): a resumed sweep compares them."""
+        return {**{name: getattr(self, name) for name, _, _ in options(RunConfig)}, "device": device, "dtype": dtype}
+
+    def calibration(self):
+        """The calibration settings, for the record and a saved model."""
+        return {name: getattr(self, name) for name in ("calib_dataset", "nsamples", "seed")} if self.quantizes else {}
+
+    def run_words(self):
+        """The bits of this run, for notes: a Message template and its data."""
+        reorder = " {reorder} '{points}'" if self.reorder is not None else ""
+        return "{wbits} {w} {abits} {a}" + reorder, {"w": self.wbits, "a": self.abits, "points": self.reorder}
 
 
-def runs_rptq(args):
-    """No --wbits/--abits below 16 and no --reorder: the float model, no calibration at all."""
-    return args.wbits < FLOAT_BITS or args.abits < FLOAT_BITS or args.reorder is not None
+def defaults(cls=RunConfig):
+    return {name: default for name, _, default in options(cls)}
 
 
-def reorder_points(args):
-    return "12345" if args.reorder is None else args.reorder
+def check_values(config):
+    """Refuse, with one line, a value no run can use: a choice that is not one, a number out of range, a bad budget.
+    Quick and without heavy imports but for the registries' names: a command line is checked before the model loads."""
+    for name, opt, _ in options(RunConfig):
+        value = getattr(config, name)
+        if opt.choices is not None and value is not None and value not in opt.choices:
+            raise ConfigError("{%s} {value!r} is not one of {choices}" % name, option=name, value=value,
+                              choices=", ".join(opt.choices))
+        problem = opt.check(value) if opt.check and value is not None else None
+        if problem:
+            raise ConfigError("{%s} {problem}, got {value!r}" % name, option=name, problem=problem, value=value)
 
 
-def ppl_sets(args):
-    return [s for s in args.ppl_datasets.split(",") if s]
-
-
-def task_names(args):
-    return list(dict.fromkeys(t for t in args.tasks.split(",") if t))
-
-
-def idle_flags(args, given):
-    """Flags set on the command line that would change nothing in this run."""
-    rptq, weights, acts = runs_rptq(args), args.wbits < FLOAT_BITS, args.abits < FLOAT_BITS
-    needed = {
-        "nsamples": rptq, "seed": rptq, "calib_dataset": rptq,
-        "w_quantizer": weights, "w_granularity": weights, "groupsize": weights and args.w_granularity == "group",
-        "percdamp": weights and args.w_quantizer == "gptq", "act_order": weights and args.w_quantizer == "gptq",
-        "metric": acts and not args.a_dynamic and args.a_granularity != "token", "only_quant_kv": acts,
-        "a_dynamic": acts and args.a_granularity != "token", "a_granularity": rptq,
-        "bit_mode": acts and not args.only_quant_kv, "grid": weights or acts,
-        "ppl_datasets": args.eval_ppl, "num_fewshot": bool(args.tasks), "batch_size": bool(args.tasks),
-        "max_memory": args.device_map is not None, "offload_folder": rptq or args.device_map is not None,
-        **{f"R{i}_clusters": rptq and str(i) in reorder_points(args) for i in range(1, 6)},
-    }
-    return [f"--{flag}" for flag, need in needed.items() if flag in given and not need]
-
-
-# what an idle flag would need, for its note
-IDLE_BECAUSE = {"--num_fewshot": "no --tasks", "--batch_size": "no --tasks", "--ppl_datasets": "no --eval_ppl",
-                "--max_memory": "no --device_map", "--offload_folder": "no --device_map"}
-
-
-def run_description(args):
-    return f"--wbits {args.wbits} --abits {args.abits}" + (f" --reorder '{args.reorder}'" if args.reorder
-                                                          is not None else "")
-
-
-def check_saved_model_args(args, given, label):
-    """A saved model runs as it was saved: no flag may quantize it again, and it is saved already."""
-    fixed = [f"--{flag}" for flag in SAVED_FLAGS if flag in given]
-    if fixed:
-        raise UsageError(f"{args.model} is a saved {label} model: {', '.join(fixed)} would quantize it again; drop "
-                         f"{'it' if len(fixed) == 1 else 'them'} (the saved settings apply)")
-    if args.save is not None:
-        raise UsageError(f"--save: {args.model} is a saved model already")
-
-
-def check_args(args, given=frozenset(), saved_label=None):
-    """Reject bad values with one line before anything slow runs; return notes on flags that change nothing.
-    saved_label: the label of the saved model that args.model names, if it names one."""
+def check(config, given=None, saved_label=None):
+    """Refuse a value or a combination that cannot run, with one line, before anything slow; return notes (Messages)
+    on settings that change nothing in this run. given: the settings set on purpose (the flags named on a command
+    line); None: those that differ from their defaults. saved_label: the label of the saved model that
+    config.model names, if it names one."""
+    if config.model is None:
+        raise ConfigError("no {model} given: name a model, a model folder or a saved folder", option="model")
+    given = set(given) if given is not None else {n for n, v in defaults().items() if getattr(config, n) != v}
+    check_values(config)
     if saved_label is not None:
-        check_saved_model_args(args, given, saved_label)
-    for flag in ("wbits", "abits"):
-        if not 1 <= getattr(args, flag) <= 16:
-            raise UsageError(f"--{flag} must be between 1 and 16 (16 = floating point), got {getattr(args, flag)}")
-    for i in range(1, 6):
-        if getattr(args, f"R{i}_clusters") < 1:
-            raise UsageError(f"--R{i}_clusters must be at least 1, got {getattr(args, f'R{i}_clusters')}")
-    if args.reorder is not None and not re.fullmatch(r"(?!.*(.).*\1)[1-5]*", args.reorder):
-        raise UsageError(f"--reorder takes distinct digits 1-5 such as 12345 or 13, got '{args.reorder}'")
-    for flag in ("nsamples", "seqlen", "batch_size", "groupsize"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    if args.percdamp < 0:
-        raise UsageError("--percdamp must not be negative")
-    if args.num_fewshot < 0:
-        raise UsageError("--num_fewshot must not be negative")
-    unknown = set(ppl_sets(args)) - set(datautils.EVAL_SETS)
-    if unknown:
-        raise UsageError(f"--ppl_datasets: unknown {', '.join(sorted(unknown))} (choose from "
-                         f"{', '.join(datautils.EVAL_SETS)})")
-    if not (args.eval_ppl or args.tasks or args.save):
-        raise UsageError("nothing to evaluate: pass --eval_ppl and/or --tasks")
-    if args.save is not None and not runs_rptq(args):
-        raise UsageError(f"--save writes a quantized model, but this run quantizes nothing ({run_description(args)}); "
-                         "set --wbits/--abits below 16 or --reorder")
-    if args.save is not None and args.offload_folder is not None:
-        raise UsageError("--save needs the quantized layers in memory, but --offload_folder writes them to disk and "
-                         "frees them: drop --offload_folder (a saved model, packed, loads whole; give it --device_map "
-                         "later)")
-    if args.tasks and not task_names(args):
-        raise UsageError("--tasks: no task names given")
-    max_memory(args)
-    if args.offload_folder is not None and Path(args.offload_folder).is_file():
-        raise UsageError(f"--offload_folder {args.offload_folder} is a file, not a folder")
-    idle = idle_flags(args, given)
-    contradictions = [f for f in idle if f[2:] in CONTRADICTIONS]
+        _check_saved_model(config, given, saved_label)
+    words, data = config.run_words()
+    if not (config.eval_ppl or config.tasks or config.save):
+        raise ConfigError("nothing to evaluate: set {eval_ppl} and/or {tasks}", option="eval_ppl")
+    if config.save is not None and not config.quantizes and saved_label is None:
+        raise ConfigError("{save} writes a quantized model, but this run quantizes nothing (%s); set {wbits}/{abits} "
+                          "below 16 or {reorder}" % words, option="save", **data)
+    if config.save is not None and config.offload_folder is not None:
+        raise ConfigError("{save} needs the quantized layers in memory, but {offload_folder} writes them to disk and "
+                          "frees them: drop {offload_folder} (a saved model, packed, loads whole; give it {device_map} "
+                          "later)", option="save")
+    if config.tasks and not config.task_names():
+        raise ConfigError("{tasks}: no task names given", option="tasks")
+    idle = [name for name, opt, _ in options(RunConfig) if name in given and opt.needed and not opt.needed(config)]
+    contradictions = [name for name in idle if option_of(_field(name)).contradiction]
     if contradictions:
-        raise UsageError(f"{', '.join(contradictions)} needs quantized activations, but this run has none "
-                         f"({run_description(args)}): drop it or set --abits below 16")
-    return [f"{flag} changes nothing in this run ({run_description(args)}"
-            f"{', ' + IDLE_BECAUSE[flag] if flag in IDLE_BECAUSE else ''}): ignored" for flag in idle]
+        names = ", ".join("{%s}" % name for name in contradictions)
+        raise ConfigError(f"{names} needs quantized activations, but this run has none ({words}): drop it or set "
+                          "{abits} below 16", option=contradictions[0], **data)
+    notes = []
+    for name in idle:
+        because = option_of(_field(name)).idle_because
+        notes.append(Message("{%s} changes nothing in this run (%s%s): ignored" % (
+            name, words, f", {because}" if because else ""), option=name, **data))
+    return notes
 
 
-def max_memory(args):
-    """--max_memory as accelerate takes it: {GPU index or "cpu": bytes}; None when not given; UsageError if bad."""
-    if args.max_memory is None:
-        return None
-    budgets = {}
-    for item in args.max_memory.split(","):
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not (sep and key and value):
-            raise UsageError(f"--max_memory: '{item}' is not DEVICE=SIZE (e.g. 0=70GiB,1=70GiB,cpu=200GiB)")
-        device = _budget_device(key)
-        if device in budgets:
-            raise UsageError(f"--max_memory: {key} is given twice")
-        budgets[device] = _budget_bytes(key, value)
-    return budgets
+def _field(name):
+    return next(f for f in fields(RunConfig) if f.name == name)
 
 
-def _budget_device(key):
-    if key.lower() == "cpu":
-        return "cpu"
-    index = re.fullmatch(r"(?:cuda:)?(\d+)", key.lower())
-    if index is None:
-        raise UsageError(f"--max_memory: unknown device '{key}' (GPU indices 0, 1, ... and cpu; disk takes no "
-                         "budget, it holds whatever does not fit)")
-    return int(index.group(1))
+def _check_saved_model(config, given, label):
+    """A saved model runs as it was saved: no setting may quantize it again, and it is saved already."""
+    fixed = [name for name, opt, _ in options(RunConfig) if opt.saved and name in given]
+    if fixed:
+        names = ", ".join("{%s}" % name for name in fixed)
+        raise ConfigError("{path} is a saved {label} model: %s would quantize it again; drop %s (the saved settings "
+                          "apply)" % (names, "it" if len(fixed) == 1 else "them"), option=fixed[0],
+                          path=config.model, label=label)
+    if config.save is not None:
+        raise ConfigError("{save}: {path} is a saved model already", option="save", path=config.model)
 
 
-def _budget_bytes(key, value):
-    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b)?", value.lower())
-    if size is None or (size.group(2) or "") not in SIZE_UNITS or (not size.group(2) and "." in value):
-        raise UsageError(f"--max_memory: '{value}' for {key} is not a size such as 70GiB, 500MB or a number of bytes")
-    budget = int(float(size.group(1)) * SIZE_UNITS[size.group(2) or ""])
-    if budget <= 0:
-        raise UsageError(f"--max_memory: {key} gets no memory ({value}); leave the device out instead")
-    return budget
-
-
-def rptq_config(args, device):
-    """The pipeline's settings from main.py's arguments."""
-    return RPTQConfig(wbits=args.wbits, abits=args.abits, reorder=reorder_points(args),
-                      clusters={f"R{i}": getattr(args, f"R{i}_clusters") for i in range(1, 6)},
-                      metric=args.metric, w_quantizer=args.w_quantizer, percdamp=args.percdamp,
-                      w_granularity=args.w_granularity, groupsize=args.groupsize, act_order=args.act_order,
-                      only_quant_kv=args.only_quant_kv, a_dynamic=args.a_dynamic, a_granularity=args.a_granularity,
-                      grid=args.grid,
-                      bit_mode=args.bit_mode, device=device)
-
-
-def run_data(args):
-    """Which data the run reads (text files and task files by path inside the data folder and sha256, or hub
-    sets), for its record and for a resumed sweep to compare; DataError for a missing local file."""
-    from .tasks import describe_task_data
-
-    data_dir = datautils.resolve_data_dir(args.data_dir)
-    text = datautils.describe_sources(ppl_sets(args) if args.eval_ppl else (),
-                                      args.calib_dataset if runs_rptq(args) else None, data_dir)
-    return text + (describe_task_data(task_names(args), data_dir) if args.tasks else [])
-
-
-def data_difference(before, now):
-    """The first entry that differs between two run_data() lists, in a few words."""
-    def keyed(entries):
-        return {(e.get("set") or e.get("task"), e.get("purpose"), e.get("file")): e for e in entries or []}
-
-    def short(value):
-        return value[:12] if isinstance(value, str) and len(value) == 64 else value
-
-    old, new = keyed(before), keyed(now)
-    for key in sorted(old.keys() | new.keys(), key=str):
-        a, b = old.get(key), new.get(key)
-        if a != b:
-            what = " ".join(str(k) for k in key if k)
-            if a is None or b is None:
-                return f"{what}: {'absent' if a is None else 'used'} there, {'absent' if b is None else 'used'} now"
-            changed = [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)]
-            return "; ".join(f"{what}: {k} {short(a.get(k))} there, {short(b.get(k))} now" for k in sorted(changed))
-    return "recorded differently"
+def replace(config, **changes):
+    return dataclasses.replace(config, **changes)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rptq.tasks import TaskError
+from .record import PerplexityResult
+from .tasks import TaskError
 
 METRICS = ("acc", "acc_norm", "perplexity")
 
@@ -53,9 +54,9 @@ def perplexity(model, windows, device="cpu", limit=None, desc="ppl", progress=Tr
     seconds = time.perf_counter() - start
     nll = sum(nlls) / n
     sem, interval = ppl_interval(nlls)
-    return {"ppl": math.exp(nll), "ppl_ci95": interval, "nll": nll, "nll_sem": sem, "windows": n,
-            "windows_total": len(windows), "seqlen": windows.shape[1], "seconds": seconds,
-            "seconds_per_window": seconds / n, "nlls": nlls}
+    return PerplexityResult(ppl=math.exp(nll), ppl_ci95=interval, nll=nll, nll_sem=sem, windows=n,
+                            windows_total=len(windows), seqlen=windows.shape[1], seconds=seconds,
+                            seconds_per_window=seconds / n, nlls=nlls)
 
 
 # Warnings that are routine here (a model object, task configs built in code, num_fewshot always passed, stock YAMLs
@@ -113,8 +114,9 @@ def zero_shot(model, tokenizer, plan, num_fewshot=0, limit=None, batch_size=1, d
                                           num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device,
                                           log_samples=False)
         except Exception as e:  # the harness raises many kinds; the user needs one line
-            raise TaskError(f"lm-evaluation-harness failed on {','.join(p.name for p in planned)}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+            raise TaskError("lm-evaluation-harness failed on {names}: {kind}: {reason}",
+                            names=",".join(p.name for p in planned), kind=type(e).__name__,
+                            reason=str(e).splitlines()[0] if str(e) else "") from None
     asked = {p.harness_name: p for p in planned}
     results = {}
     for harness_name, metrics in out["results"].items():

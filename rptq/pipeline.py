@@ -8,17 +8,20 @@ inputs (the outputs of the layers before it, already quantized):
 Only the current layer sits on the device."""
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from quantize import GPTQ, ActQuantizer, ProbQuantizer, cluster_index, column_groups, quantize_rtn
+from quantize import GPTQ, ActQuantizer, ProbQuantizer, cluster_index, column_groups
 from quantize.attention import ATTENTION_TENSORS, ATTN_IMPLEMENTATION
+from quantize.gptq import WEIGHT_QUANTIZERS
 from quantize.packed import WeightGrid
 
 from .cluster import check_cluster_count, cluster_channels
-from .config import FLOAT_BITS, RPTQConfig
+from .config import FLOAT_BITS, QuantConfig
+from .granularity import GRANULARITIES
 from .reorder import apply_reorder, per_query_head, per_query_head_clusters
 from .stats import SiteObserver, channel_ranges, cluster_ranges
 
@@ -111,7 +114,7 @@ def observe(layer, sites, hessian_inputs, inputs, kwargs, last):
 
 
 @torch.no_grad()
-def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
+def quantize_layer(layer, adapter, inputs, kwargs, cfg, device, timings):
     """Steps (a)-(d) on one layer (already on the device); returns the number of groups of each point.
 
     Calibration follows the reference (quant_transformer_layer.py:21-60): the clusters come from the float layer,
@@ -120,10 +123,12 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     tensor is calibrated on what it will see. With nothing of the kind, or nothing clustered, one pass serves both."""
     points = adapter.reorder_points(layer)
     sites = [s for p in points for s in p.sites if cfg.site_bits(s.kind) is not None]
-    use_gptq = cfg.wbits < FLOAT_BITS and cfg.w_quantizer == "gptq"
-    hessian_inputs = {p.name: p.consumers[0] for p in points if p.consumers} if use_gptq else {}
+    weights = WEIGHT_QUANTIZERS[cfg.w_quantizer]
+    use_hessian = cfg.wbits < FLOAT_BITS and weights.uses_hessian
+    hessian_inputs = {p.name: p.consumers[0] for p in points if p.consumers} if use_hessian else {}
     static = cfg.act_ranges == "static"
-    clustered = cfg.a_granularity == "cluster" and any(cfg.point_clusters(p.name) > 1 for p in points)
+    granularity = GRANULARITIES[cfg.a_granularity]
+    clustered = granularity.clustered and any(cfg.point_clusters(p.name) > 1 for p in points)
     in_place_first = cfg.prob_bits is not None or (sites and not static)
     observed = sites if static else []
     last = points[-1].consumers[-1]  # R5's consumer, fc2 or down_proj: the layer's last Linear
@@ -141,7 +146,7 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
         index_of = {p.name: cluster_point(p, cfg.point_clusters(p.name), stats, hessians, dtype) for p in points}
         timings["clustering"] += time.perf_counter() - t
     else:
-        index_of = {p.name: fixed_groups(p, cfg.point_clusters(p.name), cfg.a_granularity) for p in points}
+        index_of = {p.name: granularity.groups(p, cfg.point_clusters(p.name)) for p in points}
 
     quantizers = {}
     for p in points:  # (c)
@@ -149,7 +154,7 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
             bits = cfg.site_bits(s.kind)
             if bits is not None:
                 index = per_query_head_clusters(index_of[p.name], p.heads, p.channels * s.group)
-                quantizers[id(s)] = (s, ActQuantizer(bits, index, cfg.grid, cfg.act_ranges).to(cfg.device))
+                quantizers[id(s)] = (s, ActQuantizer(bits, index, cfg.grid, cfg.act_ranges).to(device))
     if cfg.prob_bits is not None:
         adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
     if not static:
@@ -167,16 +172,12 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, timings):
     t = time.perf_counter()  # (d)
     if cfg.wbits < FLOAT_BITS:
         for p in points:
-            weight_groups = (fixed_groups(p, cfg.point_clusters(p.name), "fixed")
-                             if cfg.a_granularity in ("channel", "token") else index_of[p.name])
+            weight_groups = granularity.weight_groups(p, cfg.point_clusters(p.name), index_of[p.name])
             for lin in p.consumers:
                 clusters = per_query_head_clusters(weight_groups, p.heads, lin.in_features)
                 groups = column_groups(cfg.w_granularity, lin.in_features, clusters, cfg.groupsize)
-                if use_gptq:
-                    scale, zero = hessians[p.name].quantize(lin, groups, cfg.wbits, cfg.grid, cfg.percdamp,
-                                                            act_order=cfg.act_order)
-                else:
-                    scale, zero = quantize_rtn(lin, groups, cfg.wbits, cfg.grid)
+                scale, zero = weights.quantize(lin, groups, cfg.wbits, cfg.grid, hessians.get(p.name), cfg.percdamp,
+                                               cfg.act_order)
                 lin.rptq_weight_grid = WeightGrid.from_expanded(cfg.wbits, groups, scale, zero)  # what --save packs
     timings["weight_quantization"] += time.perf_counter() - t
     return {name: int(index.max()) + 1 for name, index in index_of.items()}
@@ -186,20 +187,6 @@ def kmeans_dtype(layer):
     """The precision the reference's K-means works in (reorder_utils.py:98-102): its features are in the model's
     dtype and sklearn keeps float32 but promotes float16 to float64."""
     return np.float32 if next(layer.parameters()).dtype == torch.float32 else np.float64
-
-
-def fixed_groups(point, k, granularity):
-    """Group ids of a point's channels in their original order, without clustering: k contiguous groups of (nearly)
-    equal size per head ("fixed"), one group per channel ("channel"), or one group ("token": its quantizers take
-    per-token ranges and ignore groups)."""
-    if granularity == "channel":
-        return torch.arange(point.channels)
-    if granularity == "token" or k == 1:
-        return torch.zeros(point.channels, dtype=torch.long)
-    check_cluster_count(k, point.channels, point.heads, point.name)
-    per_head = point.channels // point.heads
-    within = torch.arange(per_head) * k // per_head
-    return (within + k * torch.arange(point.heads).unsqueeze(1)).reshape(-1)
 
 
 def cluster_point(point, k, stats, hessians, dtype=np.float32):
@@ -236,7 +223,7 @@ def clustering_features(point, stats):
     return torch.cat(features, 1)
 
 
-def check_clusters(model, adapter, cfg: RPTQConfig):
+def check_clusters(model, adapter, cfg: QuantConfig):
     """Raise ClusterError for a cluster count a point cannot hold, before any layer is touched."""
     for p in adapter.reorder_points(adapter.layers(model)[0]):
         check_cluster_count(cfg.point_clusters(p.name), p.channels, p.heads, p.name)
@@ -261,27 +248,33 @@ class InMemory:
         layer.to("cpu")
 
 
+@dataclass
+class QuantReport:
+    """What quantize_model did: seconds per stage, and the number of groups at each reorder point of each layer."""
+    timings_s: dict
+    clusters_per_layer: list
+
+
 @torch.no_grad()
-def quantize_model(model, adapter, calib_windows, cfg: RPTQConfig, progress=True, store=InMemory):
-    """Quantize the model in place; returns timings per stage (seconds) and cluster counts. store: where each layer
-    waits while not on the device (models.WeightStore reads it from the checkpoint when its turn comes and can write
-    it to an offload folder once quantized)."""
+def quantize_model(model, adapter, calib_windows, cfg: QuantConfig, device="cpu", progress=True, store=InMemory):
+    """Quantize the model in place, one decoder layer at a time on device; returns a QuantReport. store: where each
+    layer waits while not on the device (models.WeightStore reads it from the checkpoint when its turn comes and can
+    write it to an offload folder once quantized)."""
     check_clusters(model, adapter, cfg)
     use_site_attention(model, [s for p in adapter.reorder_points(adapter.layers(model)[0]) for s in p.sites],
                        cfg.prob_bits is not None)
     timings = defaultdict(float)
     t = time.perf_counter()
-    inputs, layer_kwargs = capture_layer_inputs(model, adapter, calib_windows, cfg.device)
+    inputs, layer_kwargs = capture_layer_inputs(model, adapter, calib_windows, device)
     timings["capture"] += time.perf_counter() - t
     clusters = []
     layers = adapter.layers(model)
     for layer, kwargs in tqdm(zip(layers, layer_kwargs), total=len(layers), desc=f"RPTQ {cfg.label}",
                               disable=not progress):
-        store.fetch(layer, cfg.device)
-        clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, timings))
+        store.fetch(layer, device)
+        clusters.append(quantize_layer(layer, adapter, inputs, kwargs, cfg, device, timings))
         t = time.perf_counter()  # (e)
         inputs = run_layer(layer, inputs, kwargs)
         timings["layer_outputs"] += time.perf_counter() - t
         store.release(layer)
-    return {"timings_s": dict(timings),
-            "clusters_per_layer": clusters}
+    return QuantReport(dict(timings), clusters)

@@ -1,13 +1,41 @@
-"""Where the model runs for evaluation: all of it on --device, or spread by accelerate over GPUs, CPU memory and an
-offload folder (--device_map), each decoder layer whole on one device together with its quantizers' buffers."""
+"""Where the model runs: the device and dtype of a run, and for evaluation all of the model on the device, or spread
+by accelerate over GPUs, CPU memory and an offload folder (device_map), each decoder layer whole on one device
+together with its quantizers' buffers."""
 import contextlib
 import logging
 import tempfile
 from pathlib import Path
 
-from .cli import UsageError
+from .base import path_error
+from .config import ConfigError
 
 GIB = 2 ** 30
+
+
+def resolve_device(device=None, dtype=None):
+    """(device, torch dtype) from the device and dtype settings (unset: cuda if available, else cpu; float16 on cuda,
+    float32 on cpu); ConfigError if the device is unusable here."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError("{device} '{value}' is not a torch device (use cpu, cuda or cuda:N)", option="device",
+                          value=device) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("{device} {value} asked for but CUDA is not available here; use {device} cpu",
+                              option="device", value=device)
+        if (parsed.index or 0) >= torch.cuda.device_count():
+            raise ConfigError("{device} {value}: only {count} CUDA device(s) here", option="device", value=device,
+                              count=torch.cuda.device_count())
+    dtype = dtype or ("float16" if parsed.type == "cuda" else "float32")
+    return device, getattr(torch, dtype)
+
+
+def dtype_name(dtype):
+    return str(dtype).split(".")[-1]
 
 
 def check_budgets(max_memory):
@@ -17,7 +45,8 @@ def check_budgets(max_memory):
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     missing = sorted(d for d in max_memory or {} if isinstance(d, int) and d >= count)
     if missing:
-        raise UsageError(f"--max_memory gives GPU {missing[0]} a budget, but this machine has {count} CUDA device(s)")
+        raise ConfigError("{max_memory} gives GPU {gpu} a budget, but this machine has {count} CUDA device(s)",
+                          option="max_memory", gpu=missing[0], count=count)
 
 
 @contextlib.contextmanager
@@ -31,7 +60,7 @@ def scratch_folder(parent):
         Path(parent).mkdir(parents=True, exist_ok=True)
         folder = tempfile.TemporaryDirectory(prefix="rptq-", dir=parent)
     except OSError as e:
-        raise UsageError(f"--offload_folder {parent}: cannot create a folder there ({e.strerror})") from None
+        raise path_error(e, parent, "make a folder in") from None
     with folder as path:
         yield Path(path)
 
@@ -57,14 +86,17 @@ def plan(model, adapter, kind, max_memory, device, folder):
             budgets = get_balanced_memory(model, budgets, no_split_module_classes=no_split)
         device_map = dict(infer_auto_device_map(model, max_memory=dict(budgets), no_split_module_classes=no_split))
     except (ValueError, RuntimeError, AttributeError) as e:
-        raise UsageError(f"--device_map {kind}: accelerate cannot place the model: {str(e).splitlines()[0]}") from None
+        raise ConfigError("{device_map} {kind}: accelerate cannot place the model: {reason}", option="device_map",
+                          kind=kind, reason=str(e).splitlines()[0]) from None
     disk = [name for name, where in device_map.items() if where == "disk"]
     if len(disk) == len(device_map):
-        raise UsageError(f"--device_map {kind}: the budgets ({_describe(budgets)}) leave room for no module at all, "
-                         "so every forward would read the whole model from disk; raise --max_memory")
+        raise ConfigError("{device_map} {kind}: the budgets ({budgets}) leave room for no module at all, so every "
+                          "forward would read the whole model from disk; raise {max_memory}", option="device_map",
+                          kind=kind, budgets=_describe(budgets))
     if disk and folder is None:
-        raise UsageError(f"--device_map {kind}: {len(disk)} module(s) go to disk under the budgets "
-                         f"({_describe(budgets)}); pass --offload_folder DIR, or raise --max_memory")
+        raise ConfigError("{device_map} {kind}: {n} module(s) go to disk under the budgets ({budgets}); set "
+                          "{offload_folder}, or raise {max_memory}", option="device_map", kind=kind, n=len(disk),
+                          budgets=_describe(budgets))
     return device_map
 
 

@@ -1,61 +1,110 @@
-"""The run record: what main.py writes for every run (settings, data, versions, figures, timings) and what the
-scripts read back. One JSON per run, rewritten atomically after each finished stage."""
+"""The run record: what a run writes (settings, data, versions, figures, timings) and what the scripts read back.
+One JSON per run, rewritten atomically after each finished stage."""
+import dataclasses
 import hashlib
 import json
 import platform
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_write
+from .base import RPTQError, write_text
 
 RUNNING, COMPLETE = "running", "complete"
 
 
-class RecordError(Exception):
+class RecordError(RPTQError):
     """A file that should be a run record is not one."""
 
 
-def settings_of(args, device, dtype_name):
-    """Every main.py setting of a run, as the record keeps it: a resumed sweep compares these."""
-    return {**vars(args), "device": device, "dtype": dtype_name}
+@dataclass(kw_only=True)
+class PerplexityResult:
+    """The paper's perplexity over the windows run, with each window's NLL and a 95% interval."""
+    ppl: float
+    ppl_ci95: list | None      # exp(mean NLL +- 1.96 standard errors); None for one window
+    nll: float
+    nll_sem: float | None
+    windows: int               # run (the first N: --limit)
+    windows_total: int         # in the set
+    seqlen: int
+    seconds: float
+    seconds_per_window: float
+    nlls: list                 # each window's mean token NLL
 
 
-def output_file(args, label, hashed):
+@dataclass(kw_only=True)
+class RunRecord:
+    """One run. settings: every RunConfig setting (device and dtype as resolved); quantization: QuantConfig.describe()
+    (None for the float model); data: the files or hub sets read; ppl: PerplexityResult per set label; zero_shot:
+    rptq.evaluate.zero_shot's block. The last three fields are left out of the JSON when unset."""
+    model: str
+    weights: str
+    family: str
+    label: str
+    status: str = RUNNING
+    settings: dict
+    quantization: dict | None
+    data: list
+    versions: dict = field(default_factory=lambda: versions())
+    timings_s: dict = field(default_factory=dict)
+    peak_memory_mb: dict = field(default_factory=dict)
+    placement: dict | None = None
+    ppl: dict = field(default_factory=dict)
+    zero_shot: dict | None = None
+    clusters_per_layer: list | None = None
+    saved_to: str | None = None
+    saved_model: dict | None = None
+
+    OPTIONAL = ("clusters_per_layer", "saved_to", "saved_model")
+
+    @property
+    def complete(self):
+        return self.status == COMPLETE
+
+    def to_json(self):
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if not (k in self.OPTIONAL and v is None)}
+
+    @classmethod
+    def from_json(cls, data):
+        """A record as read from its JSON (of any commit since records had settings); RecordError if it is not one."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+            raise RecordError("not a main.py result")
+        try:
+            record = cls(**{k: v for k, v in data.items() if k in names})
+            record.ppl = {name: PerplexityResult(**res) for name, res in (record.ppl or {}).items()}
+        except TypeError as e:
+            raise RecordError("not a main.py result ({reason})", reason=str(e)) from None
+        return record
+
+    def write(self, path):
+        write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def output_file(output_path, model, label, hashed):
     """A .json path as given, or FOLDER/MODEL_LABEL_HASH.json where the hash covers `hashed` (every setting that
     changes the figures), so that runs differing in clusters, grid, seed, ... never overwrite each other."""
-    path = Path(args.output_path)
+    path = Path(output_path)
     if path.suffix == ".json":
         return path
     digest = hashlib.sha1(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return path / f"{Path(args.model.rstrip('/')).name}_{label}_{digest}.json"
-
-
-def new_record(model, weights, family, label, settings, quantization, data):
-    return {"model": model, "weights": weights, "family": family, "label": label, "status": RUNNING,
-            "settings": settings, "quantization": quantization, "data": data, "versions": versions(),
-            "timings_s": {}, "peak_memory_mb": {}, "placement": None, "ppl": {}, "zero_shot": None}
-
-
-def write(path, record):
-    atomic_write(path, lambda f: f.write(json.dumps(record, indent=2) + "\n"))
+    return path / f"{Path(model.rstrip('/')).name}_{label}_{digest}.json"
 
 
 def read(path):
-    """A run record, or None when there is none yet; RecordError for a file that is not one."""
+    """The run record in path, or None when there is none yet; RecordError for a file that is not one."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-        raise RecordError(f"{path} is not a main.py result")
-    return record
-
-
-def is_complete(record):
-    return bool(record) and record.get("status") == COMPLETE
+        data = None
+    try:
+        return RunRecord.from_json(data)
+    except RecordError:
+        raise RecordError("{path} is not a main.py result", path=str(path)) from None
 
 
 def versions():

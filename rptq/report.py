@@ -6,10 +6,9 @@ from pathlib import Path
 import datautils
 
 from .evaluate import Z95, paired_ratio
-from .record import is_complete
-from .sweep import ROOT, TASKS
+from .tasks import PAPER_TASKS
 
-PAPER_DIR = ROOT.parent / "shared" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "paper"
 TITLES = {"ppl": "perplexity (Table 1)", "zeroshot": "zero-shot accuracy in % (Table 2)"}
 # Per column, the first file that has it wins: the paper's Table 2 is only partly transcribed, the authors'
 # README has all six tasks (with other numbers for some rows).
@@ -97,7 +96,7 @@ def ordered(found, expected):
 
 def task_results(record):
     """{task: metrics} of a record's zero-shot block; a missing or malformed part reads as nothing."""
-    block = (record or {}).get("zero_shot")
+    block = record.zero_shot if record else None
     results = block.get("results") if isinstance(block, dict) else None
     return {t: m for t, m in results.items() if isinstance(m, dict)} if isinstance(results, dict) else {}
 
@@ -122,7 +121,7 @@ def ppl_cells(records, paper):
     """(header, {setting: cells}, notes) for perplexity: one column per set, the paper's beside it."""
     labels = {}
     for record in records.values():
-        for label in (record or {}).get("ppl", {}):
+        for label in (record.ppl if record else {}):
             labels.setdefault(dataset_base(label), label)
     columns = ordered(list(labels), datautils.EVAL_SETS)
     header, cells = [], {name: [] for name in records}
@@ -131,9 +130,9 @@ def ppl_cells(records, paper):
         if col in paper:
             header.append(f"{paper[col][0]} {col}")
         for name, record in records.items():
-            res = next((r for label, r in (record or {}).get("ppl", {}).items() if dataset_base(label) == col), {})
-            interval = res.get("ppl_ci95")
-            cells[name].append(number(res.get("ppl")) + (f" [{interval_text(interval)}]" if interval else ""))
+            res = next((r for label, r in (record.ppl if record else {}).items() if dataset_base(label) == col), None)
+            interval = res and res.ppl_ci95
+            cells[name].append(number(res and res.ppl) + (f" [{interval_text(interval)}]" if interval else ""))
             if col in paper:
                 cells[name].append(number(paper[col][1].get(name)))
     notes = [f"{label} is not the paper's data set: its paper column is a reference only"
@@ -151,19 +150,20 @@ def ratio_table(records):
     without a complete FP16 row). A set whose windows differ from FP16's (count run, count in the set, length)
     shows '-'."""
     base = records.get(BASELINE)
-    if not base or not is_complete(base):
+    if not base or not base.complete:
         return None
-    sets = ordered(list(base.get("ppl", {})), [label for s in datautils.EVAL_SETS for label in (s, f"{s}-proxy")])
+    sets = ordered(list(base.ppl), [label for s in datautils.EVAL_SETS for label in (s, f"{s}-proxy")])
     rows = []
     for name, record in records.items():
-        if name == BASELINE or not record or not is_complete(record):
+        if name == BASELINE or not record or not record.complete:
             continue
         cells = []
         for label in sets:
-            ours, theirs = record.get("ppl", {}).get(label, {}), base["ppl"][label]
-            same = all(ours.get(k) == theirs.get(k) for k in ("windows", "windows_total", "seqlen"))
-            nlls, base_nlls = ours.get("nlls"), theirs.get("nlls")
-            cells.append(ratio_text(*paired_ratio(nlls, base_nlls)) if same and nlls and base_nlls else "-")
+            ours, theirs = record.ppl.get(label), base.ppl[label]
+            same = ours is not None and all(getattr(ours, k) == getattr(theirs, k)
+                                            for k in ("windows", "windows_total", "seqlen"))
+            cells.append(ratio_text(*paired_ratio(ours.nlls, theirs.nlls)) if same and ours.nlls and theirs.nlls
+                         else "-")
         rows.append([f"{name} / {BASELINE}", *cells])
     return markdown_table(["setting", *sets], rows) if rows else None
 
@@ -196,11 +196,9 @@ def source_text(source):
                      if v not in (None, "", []))
 
 
-def run_counts(done, results_of, run_key, total_key):
-    """'name run/total' for each set or task measured, over the rows: how much of the data each number saw."""
-    def count(res):
-        return f"{res.get(run_key)}/{res.get(total_key)}"
-
+def run_counts(done, results_of, count):
+    """'name run/total' for each set or task measured, over the rows: how much of the data each number saw.
+    count(result) -> 'run/total'."""
     names = dict.fromkeys(name for r in done.values() for name in results_of(r))
     return ", ".join(f"{name} " + summarize((n, count(results_of(r)[name])) for n, r in done.items()
                                             if name in results_of(r))
@@ -210,8 +208,8 @@ def run_counts(done, results_of, run_key, total_key):
 def describe_runs(table, records):
     """Header lines saying what produced the numbers, taken from the JSONs themselves."""
     done = {n: r for n, r in records.items() if r}
-    settings = {n: r["settings"] for n, r in done.items()}
-    quantized = {n: r["quantization"] for n, r in done.items() if isinstance(r.get("quantization"), dict)}
+    settings = {n: r.settings for n, r in done.items()}
+    quantized = {n: r.quantization for n, r in done.items() if isinstance(r.quantization, dict)}
 
     def over(rows, value):
         return summarize((n, value(x)) for n, x in rows.items())
@@ -220,12 +218,13 @@ def describe_runs(table, records):
         return "none" if x is None else x
 
     if table == "ppl":
-        windows = run_counts(done, lambda r: r.get("ppl", {}), "windows", "windows_total")
+        windows = run_counts(done, lambda r: r.ppl, lambda res: f"{res.windows}/{res.windows_total}")
         data = (f"windows run/total {windows}; seqlen {over(settings, lambda s: s.get('seqlen'))}; "
                 f"--limit {over(settings, lambda s: given(s.get('limit')))}")
     else:
-        blocks = {n: r["zero_shot"] for n, r in done.items() if isinstance(r.get("zero_shot"), dict)}
-        data = "; ".join([f"examples run/total {run_counts(done, task_results, 'examples', 'examples_total')}",
+        blocks = {n: r.zero_shot for n, r in done.items() if isinstance(r.zero_shot, dict)}
+        examples = run_counts(done, task_results, lambda res: f"{res.get('examples')}/{res.get('examples_total')}")
+        data = "; ".join([f"examples run/total {examples}",
                           *(f"{key} {over(blocks, lambda b: given(b.get(key)))}"
                             for key in ("limit", "num_fewshot", "batch_size", "harness_version"))])
     calibration = over({n: settings[n] for n in quantized},
@@ -237,7 +236,7 @@ def describe_runs(table, records):
                                       ("reorder", lambda r: r or "none"),
                                       ("clusters", lambda c: " ".join(f"{p}:{k}" for p, k in (c or {}).items()))))
     floats = [n for n in done if n not in quantized]
-    weights = {n: r["weights"] for n, r in done.items() if r.get("weights")}
+    weights = {n: r.weights for n, r in done.items() if r.weights}
     lines = [f"data: {data}"] + ([f"weights: {over(weights, lambda w: w)}"] if weights else [])
     if quantized:
         lines += [f"calibration: {calibration}", f"mode: {mode}"]
@@ -245,11 +244,11 @@ def describe_runs(table, records):
         lines.append(f"{', '.join(floats)}: float model, no RPTQ, no calibration")
     placement = over(settings, lambda s: f"{s.get('dtype')} on {s.get('device')}")
     lines.append(f"dtype on device: {placement}")
-    commit = over(done, lambda r: (r.get("versions", {}).get("rptq_commit") or "unknown")[:7])
-    threads = over(done, lambda r: r.get("versions", {}).get("torch_threads") or "unknown")
-    kernels = over(done, lambda r: r.get("versions", {}).get("cpu_capability") or "unknown")
+    commit = over(done, lambda r: (r.versions.get("rptq_commit") or "unknown")[:7])
+    threads = over(done, lambda r: r.versions.get("torch_threads") or "unknown")
+    kernels = over(done, lambda r: r.versions.get("cpu_capability") or "unknown")
     lines.append(f"code: rptq commit {commit}; torch threads {threads}; CPU kernels {kernels}")
-    incomplete = [n for n, r in done.items() if not is_complete(r)]
+    incomplete = [n for n, r in done.items() if not r.complete]
     missing = [n for n, r in records.items() if r is None]
     if incomplete:
         lines.append(f"incomplete (interrupted, partial numbers): {', '.join(incomplete)}")
@@ -258,11 +257,11 @@ def describe_runs(table, records):
     return lines
 
 
-def render(table, model, records, paper, paper_note, tasks=TASKS):
+def render(table, model, records, paper, paper_note, tasks=PAPER_TASKS):
     """The Markdown table of one sweep: a header saying what produced it, one row per setting."""
     header, cells, notes = (ppl_cells(records, paper) if table == "ppl"
                             else zero_shot_cells(records, paper, tasks))
-    rows = [[name + ("" if not r or is_complete(r) else " (incomplete)"), *cells[name]]
+    rows = [[name + ("" if not r or r.complete else " (incomplete)"), *cells[name]]
             for name, r in records.items()]
     intervals = ("in brackets: 95% interval, exp(mean window NLL ± 1.96 standard errors over the windows run)"
                  if table == "ppl" else "±: 95% half-width, 1.96 times the harness's standard error")

@@ -6,10 +6,7 @@ ranges) and the quantizers (per-cluster ranges, which are only known after clust
 import torch
 
 from quantize import reduce_channels
-
-from .config import METRICS
-
-EMA_DECAY = 0.99
+from quantize.observer import reduce_samples
 
 
 class SiteObserver:
@@ -28,19 +25,6 @@ class SiteObserver:
         """Stop observing; return the samples as [S, C] min and max tensors."""
         self.handle.remove()
         return torch.stack(self.mins), torch.stack(self.maxs)
-
-
-def reduce_samples(values, metric, largest):
-    """[S, ...] per-sample ranges -> [...]: extreme over samples (minmax), or an EMA where the first sample sets
-    the range and each further one moves it by 1 - EMA_DECAY (ema_minmax, the reference's default)."""
-    if metric == "minmax":
-        return values.amax(0) if largest else values.amin(0)
-    if metric == "ema_minmax":
-        out = values[0].clone()
-        for v in values[1:]:
-            out.mul_(EMA_DECAY).add_(v, alpha=1 - EMA_DECAY)
-        return out
-    raise ValueError(f"unknown metric '{metric}' (choose from {METRICS})")
 
 
 def channel_ranges(mins, maxs, metric):

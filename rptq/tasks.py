@@ -13,8 +13,10 @@ import pathlib
 from dataclasses import dataclass
 from typing import Callable
 
+from .base import RPTQError
 
-class TaskError(RuntimeError):
+
+class TaskError(RPTQError):
     """Zero-shot evaluation could not run (unknown task, unreadable task file, harness failure)."""
 
 
@@ -73,6 +75,7 @@ class LocalTask:
         return f"{name} ({self.variant})"
 
 
+PAPER_TASKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq")  # Table 2, 0-shot
 LOCAL_TASKS = {
     "lambada_openai": LocalTask("lambada", ("lambada/lambada_test.jsonl",), "test", "local OpenAI test file",
                                 lambda paths: _jsonl(paths[0])),
@@ -99,7 +102,7 @@ def local_tasks(names, data_dir) -> dict[str, LocalTask]:
 
 def describe_task_data(names, data_dir) -> list[dict]:
     """Each task's data for a run record: local files by path inside the data folder and sha256, or the hub."""
-    from .files import file_sha256
+    from .base import file_sha256
 
     local = local_tasks(names, data_dir)
     out = []
@@ -179,8 +182,9 @@ def plan_tasks(names, data_dir, num_fewshot=0) -> tuple[list[PlannedTask], objec
     reached, so calling it early fails before any model work."""
     local = local_tasks(names, data_dir)
     if local and num_fewshot:
-        raise TaskError(f"--num_fewshot {num_fewshot}: the local files of {', '.join(local)} hold only the evaluated "
-                        "split, not the training split the stock tasks draw examples from; use 0")
+        raise TaskError("{num_fewshot} {n}: the local files of {names} hold only the evaluated split, not the training "
+                        "split the stock tasks draw examples from; use 0", option="num_fewshot", n=num_fewshot,
+                        names=", ".join(local))
     planned = []
     for name in names:
         if name in local:
@@ -200,12 +204,13 @@ def plan_tasks(names, data_dir, num_fewshot=0) -> tuple[list[PlannedTask], objec
 
 def _check_hub(stock, data_dir):
     """Stock tasks download their data: refuse now when neither the hub nor its offline cache can serve it."""
-    from models.hub import hub_offline, hub_reachable
+    from .base import hub_offline, hub_reachable
 
     if hub_offline() or hub_reachable():
         return
     where = (f"{data_dir} has no files for {'them' if len(stock) > 1 else 'it'}" if data_dir
              else "no data folder is given")
-    raise TaskError(f"--tasks {','.join(stock)}: the Hugging Face hub cannot be reached and {where}; "
-                    f"{', '.join(LOCAL_TASKS)} run offline from --data_dir (or RPTQ_DATA_DIR) laid out like "
-                    "shared/offline-data; HF_DATASETS_OFFLINE=1 uses the datasets cache instead")
+    raise TaskError("{tasks} {stock}: the Hugging Face hub cannot be reached and {where}; {local} run offline from "
+                    "{data_dir} (or RPTQ_DATA_DIR) laid out like shared/offline-data; HF_DATASETS_OFFLINE=1 uses the "
+                    "datasets cache instead", option="tasks", stock=",".join(stock), where=where,
+                    local=", ".join(LOCAL_TASKS))

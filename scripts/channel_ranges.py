@@ -18,8 +18,8 @@ import torch
 
 import datautils
 from models import model_names
-from rptq.cli import OneLineParser, UsageError, check_positions, pick_device, script_main
-from rptq.files import atomic_write, check_writable
+from rptq.base import atomic_write, check_file
+from rptq.cli import OneLineParser, UsageError, script_main
 
 PROG = "channel_ranges.py"
 
@@ -83,6 +83,7 @@ def point_names(args):
 
 def choose_points(args, model, adapter):
     """The chosen layer's ReorderPoints and their cluster counts, refused with one line before any data runs."""
+    from rptq.api import check_positions
     from rptq.config import DEFAULT_CLUSTERS
 
     layers = adapter.layers(model)
@@ -204,14 +205,16 @@ def write_csv(panels, path):
 
 def run(args):
     check_args(args)
-    device, _ = pick_device(args.device)  # the float model stays float32: it is only observed
+    from rptq.placement import resolve_device
+
+    device, _ = resolve_device(args.device)  # the float model stays float32: it is only observed
     data_dir = datautils.resolve_data_dir(args.data_dir)
     datautils.check_sources(calib_set=args.calib_dataset, data_dir=data_dir)
     model_name = Path(args.model.rstrip("/")).name
     png = Path(args.output or f"results/figures/{model_name}_channel_ranges.png")
     csv_path = png.with_suffix(".csv")
     for path in (png, csv_path):
-        check_writable(path, "--output")
+        check_file(path, "output")
 
     from models import load_model
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import datautils
 from rptq.cli import OneLineParser, guarded
 from rptq.config import DEFAULT_CLUSTERS
-from rptq.files import atomic_write, check_writable, write_text
+from rptq.base import atomic_write, check_folder, write_text
 from rptq.report import csv_text, dataset_base, model_name, summarize
-from rptq.sweep import SETTINGS, SweepError, split_extra, sweep
+from scripts.sweep import SETTINGS, SweepError, split_extra, sweep
 
 CLUSTERS = (1, 2, 4, 8, 32)
 POINTS = "12345"
@@ -31,8 +31,8 @@ def run_name(point, clusters):
 
 
 def ablation_runs(points, clusters):
-    """{run name: main.py flags}: each point at each cluster count, the others at their defaults."""
-    return {run_name(p, k): [*SETTINGS[BASE]] + ([] if run_name(p, k) == BASE else [f"--R{p}_clusters", str(k)])
+    """{run name: settings}: each point at each cluster count, the others at their defaults."""
+    return {run_name(p, k): {**SETTINGS[BASE], **({} if run_name(p, k) == BASE else {f"R{p}_clusters": k})}
             for p in points for k in clusters}
 
 
@@ -41,19 +41,20 @@ def ablation_rows(records, points, clusters, dataset):
     rows = []
     for p in points:
         for k in clusters:
-            ppl = (records.get(run_name(p, k)) or {}).get("ppl", {})
+            record = records.get(run_name(p, k))
+            ppl = record.ppl if record else {}
             label = next((label for label in ppl if dataset_base(label) == dataset), None)
             if label is not None:
                 res = ppl[label]
-                rows.append((f"R{p}", k, label, res["ppl"], f"{res['windows']}/{res['windows_total']}"))
+                rows.append((f"R{p}", k, label, res.ppl, f"{res.windows}/{res.windows_total}"))
     return rows
 
 
 def plot_title(model, records, rows):
     """Model, setting, data and limits, from the JSONs: the plot says what produced it."""
     done = {n: r for n, r in records.items() if r}
-    settings = {n: r["settings"] for n, r in done.items()}
-    label = summarize((n, r.get("label")) for n, r in done.items())
+    settings = {n: r.settings for n, r in done.items()}
+    label = summarize((n, r.label) for n, r in done.items())
     data = summarize((f"R{p}", f"{name} {windows} windows") for p, _, name, _, windows in rows)
     limits = ", ".join(f"{key} {summarize((n, s.get(key)) for n, s in settings.items())}"
                        for key in ("seqlen", "nsamples", "calib_dataset", "limit", "dtype"))
@@ -128,10 +129,9 @@ def main(argv=None, runner=None):
     def body():
         clusters, points = cluster_list(args.clusters), point_list(args.points)
         out_dir = Path(args.out or Path("out") / "cluster_ablation" / model_name(args.model) / args.dataset)
-        check_writable(out_dir / "clusters.csv", "--out")
+        check_folder(out_dir, "out")
         rc, records = sweep(args.model, ablation_runs(points, clusters),
-                                  ["--eval_ppl", "--ppl_datasets", args.dataset], extra, out_dir, args.render_only,
-                                  runner)
+                            {"eval_ppl": True, "ppl_datasets": args.dataset}, extra, out_dir, args.render_only, runner)
         if rc:
             return rc
         csv_path, png_path = write_outputs(out_dir, args.model, records, points, clusters, args.dataset)

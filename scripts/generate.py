@@ -9,7 +9,7 @@ Prefill is one forward over the prompt, then one forward per new token; tokens/s
 import argparse
 import sys
 
-from rptq.cli import OneLineParser, UsageError, pick_device, script_main
+from rptq.cli import OneLineParser, UsageError, script_main
 from rptq.config import DTYPES
 
 PROG = "generate.py"
@@ -35,13 +35,14 @@ def run(args):
         raise UsageError("--max_new_tokens must be at least 1")
     if not args.prompt:
         raise UsageError("--prompt is empty: give the text to continue")
-    device, dtype = pick_device(args.device, args.dtype)
-
+    import rptq
     from quantize.kvcache import PackedKVCache, cache_nbytes
-    from rptq.artifact import load_any
     from rptq.generate import greedy, new_cache
+    from rptq.placement import resolve_device
 
-    model, tokenizer, adapter, manifest = load_any(args.model, dtype)
+    device, dtype = resolve_device(args.device, args.dtype)
+    loaded = rptq.load(args.model, dtype)
+    model, tokenizer, adapter, manifest = loaded.model, loaded.tokenizer, loaded.adapter, loaded.manifest
     model.to(device)
     cache = new_cache(model, adapter, low_bit=args.cache != "standard")
     low_bit = isinstance(cache, PackedKVCache)

@@ -14,7 +14,7 @@ import torch
 
 from models import load_tokenizer
 from rptq.cli import OneLineParser, UsageError, script_main
-from rptq.files import check_writable
+from rptq.base import check_file
 
 PROG = "make_random_opt.py"
 
@@ -39,7 +39,7 @@ def run(args):
             raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.hidden % args.heads:
         raise UsageError(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}")
-    check_writable(f"{args.folder}/config.json", "folder")
+    check_file(f"{args.folder}/config.json", "folder")
     make_random_opt(args.folder, args.layers, args.hidden, args.heads, args.ffn, args.seed, getattr(torch, args.dtype),
                     args.max_shard_size)
     print(f"saved a random {args.layers}-layer OPT (d={args.hidden}, {args.dtype}) to {args.folder}")

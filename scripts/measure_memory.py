@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rptq.cli import OneLineParser, UsageError, script_main
-from rptq.files import atomic_write
+from rptq.base import atomic_write
 from scripts import memory_table
 
 PROG = "measure_memory.py"
@@ -47,31 +47,25 @@ def model_source(name, work):
     return str(folder)
 
 
-def setting_config(label):
-    """RPTQConfig of a Table 3 setting: round-to-nearest weights; W16A16 is the reorder with every quantizer off."""
-    from rptq.config import RPTQConfig
+def setting_config(label, source, folder):
+    """The run that saves a Table 3 setting of source into folder: round-to-nearest weights, one window of random
+    tokens (bytes depend on shapes only); W16A16 is the reorder with every quantizer off."""
+    from rptq.config import ALL_POINTS, RunConfig
 
     wbits, abits, kvbits = memory_table.parse_setting(label)
     only_kv = abits == memory_table.FP16_BITS and kvbits < memory_table.FP16_BITS
-    return RPTQConfig(wbits=wbits, abits=kvbits if only_kv else abits, only_quant_kv=only_kv, w_quantizer="normal")
+    return RunConfig(model=source, wbits=wbits, abits=kvbits if only_kv else abits, only_quant_kv=only_kv,
+                     w_quantizer="normal", reorder=ALL_POINTS, calib_dataset="random", nsamples=1,
+                     seqlen=CALIB_TOKENS, device="cpu", dtype="float32", save=str(folder), output_path=None)
 
 
 def saved_model(source, label, folder):
     """folder holds `label` of source, saved once (a complete earlier save is reused)."""
-    from models import load_model
+    import rptq
     from rptq import artifact
-    from rptq.pipeline import quantize_model
 
-    if (folder / artifact.MANIFEST).is_file():
-        return folder
-    model, tokenizer, adapter = load_model(source, torch.float32)
-    cfg = setting_config(label)
-    calib = torch.randint(0, len(tokenizer), (1, CALIB_TOKENS), generator=torch.Generator().manual_seed(0))
-    report = quantize_model(model, adapter, calib, cfg, progress=False)
-    artifact.prepare_folder(folder)
-    artifact.save(model, tokenizer, folder, cfg.describe(), {
-        "source_model": source, "calibration": {"random_tokens": CALIB_TOKENS, "nsamples": 1},
-        "clusters_per_layer": report["clusters_per_layer"]})
+    if not (folder / artifact.MANIFEST).is_file():
+        rptq.run(setting_config(label, source, folder), progress=False)
     return folder
 
 
@@ -122,13 +116,10 @@ def analytic_bytes(shape, label, batch, seqlen):
 
 
 def measure(name, label, source, work, batch, seqlen):
-    from models import load_model
-    from rptq import artifact
+    import rptq
 
-    if label == "FP16":
-        model, _, adapter = load_model(source, torch.float16)
-    else:
-        model, _, adapter, _ = artifact.load(saved_model(source, label, work / name / label), torch.float16)
+    loaded = rptq.load(source if label == "FP16" else saved_model(source, label, work / name / label), torch.float16)
+    model, adapter = loaded.model, loaded.adapter
     parts = weight_bytes(model, adapter)
     kv_values, kv_grids = kv_bytes(model, adapter, batch, seqlen)
     row = {"model": name, "setting": label, "batch": batch, "seqlen": seqlen, **parts,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rptq.cli import OneLineParser
-from rptq.files import atomic_write
+from rptq.base import atomic_write
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table3_memory_paper.csv"
 PAPER_SETTINGS = ("W16A16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")

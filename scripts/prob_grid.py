@@ -7,14 +7,15 @@ A probability below half a grid step (1 / 510 at 8 bits) becomes 0: over long co
 attention over many tokens lose most of it.
 """
 import argparse
+import dataclasses
+import json
 import sys
-from pathlib import Path
 
 import datautils
 from models import model_names
-from rptq.cli import OneLineParser, UsageError, check_positions, pick_device, script_main
+from rptq.base import check_file, write_text
+from rptq.cli import OneLineParser, UsageError, script_main
 from rptq.config import DTYPES
-from rptq.files import check_writable
 
 PROG = "prob_grid.py"
 
@@ -49,19 +50,20 @@ def run(args):
     bits = bit_list(args.bits)
     if args.limit < 1 or args.seqlen < 1:
         raise UsageError("--limit and --seqlen must be at least 1")
-    device, dtype = pick_device(args.device, args.dtype)
-    data_dir = datautils.resolve_data_dir(args.data_dir)
-    datautils.check_sources([args.dataset], None, data_dir)
-    if args.output:
-        check_writable(args.output, "--output")
-
     from models import load_model
     from quantize import ProbQuantizer
     from quantize.attention import ATTN_IMPLEMENTATION
     from rptq import record
+    from rptq.api import check_positions
     from rptq.evaluate import perplexity
+    from rptq.placement import resolve_device
     from rptq.report import format_table
 
+    device, dtype = resolve_device(args.device, args.dtype)
+    data_dir = datautils.resolve_data_dir(args.data_dir)
+    datautils.check_sources([args.dataset], None, data_dir)
+    if args.output:
+        check_file(args.output, "output")
     model, tokenizer, adapter = load_model(args.model, dtype)
     check_positions(model.config, args.model, args.seqlen)
     model.to(device)
@@ -76,11 +78,13 @@ def run(args):
         results[f"probs {b}-bit grid"] = perplexity(model, windows, device, args.limit, desc=f"probs {b} bits")
     print(f"\n{args.model}  {label}, first {args.limit} windows of {args.seqlen} tokens, only the softmax "
           "probabilities quantized")
-    print(format_table(["run", "ppl"], [[name, f"{r['ppl']:.2f}"] for name, r in results.items()]))
+    print(format_table(["run", "ppl"], [[name, f"{r.ppl:.2f}"] for name, r in results.items()]))
     if args.output:
-        record.write(Path(args.output), {"model": args.model, "dataset": label, "settings": vars(args),
-                                         "data": datautils.describe_sources([args.dataset], None, data_dir),
-                                         "ppl": results, "versions": record.versions()})
+        write_text(args.output, json.dumps({
+            "model": args.model, "dataset": label, "settings": vars(args),
+            "data": datautils.describe_sources([args.dataset], None, data_dir),
+            "ppl": {name: dataclasses.asdict(r) for name, r in results.items()}, "versions": record.versions()},
+            indent=2) + "\n")
     return 0
 
 

@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "offline-data"
-SMALL_CLUSTERS = {"R1": 4, "R2": 2, "R3": 2, "R4": 4, "R5": 8}
+SMALL_CLUSTERS = {"R1_clusters": 4, "R2_clusters": 2, "R3_clusters": 2, "R4_clusters": 4, "R5_clusters": 8}
 
 
 @pytest.fixture(scope="session")
@@ -102,18 +102,22 @@ def llama_case():
     return _case(build_tiny_llama())
 
 
+def quant_config(**kw):
+    """QuantConfig with the tests' small clusters unless given."""
+    from rptq import QuantConfig
+
+    return QuantConfig(**{**SMALL_CLUSTERS, **kw})
+
+
 @pytest.fixture(scope="session")
 def quantized():
-    """quantized(model, calib, **RPTQConfig fields) -> (a quantized copy, the pipeline's report); small clusters
+    """quantized(model, calib, **QuantConfig fields) -> (a quantized copy, the pipeline's QuantReport); small clusters
     unless given."""
-    from models import adapter_for
-    from rptq.config import RPTQConfig
-    from rptq.pipeline import quantize_model
+    import rptq
 
     def run(model, calib, **kw):
         q = copy.deepcopy(model)
-        report = quantize_model(q, adapter_for(q.config), calib, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}),
-                                progress=False)
+        report = rptq.quantize(rptq.Loaded.of(q), calib, quant_config(**kw), progress=False)
         return q, report
 
     return run
@@ -121,16 +125,14 @@ def quantized():
 
 @pytest.fixture(scope="session")
 def save_quantized(quantized, smol_tokenizer):
-    """save_quantized(model, calib, folder, **RPTQConfig fields) -> (the quantized copy, folder): quantized as by
+    """save_quantized(model, calib, folder, **QuantConfig fields) -> (the quantized copy, folder): quantized as by
     `quantized`, then saved into folder with the SmolLM2 tokenizer."""
-    from rptq import artifact
-    from rptq.config import RPTQConfig
+    import rptq
 
     def run(model, calib, folder, **kw):
         q, report = quantized(model, calib, **kw)
-        artifact.prepare_folder(folder)
-        artifact.save(q, smol_tokenizer, folder, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}).describe(),
-                      {"source_model": "tiny", "clusters_per_layer": report["clusters_per_layer"]})
+        rptq.save(rptq.Loaded.of(q, smol_tokenizer), folder, quant_config(**kw),
+                  {"source_model": "tiny", "clusters_per_layer": report.clusters_per_layer})
         return q, folder
 
     return run
@@ -138,18 +140,15 @@ def save_quantized(quantized, smol_tokenizer):
 
 @pytest.fixture(scope="session")
 def quantized_lazily():
-    """quantized_lazily(model folder, offload folder, calib, **RPTQConfig fields) -> (model, store): the model loaded
+    """quantized_lazily(model folder, offload folder, calib, **QuantConfig fields) -> (model, store): the model loaded
     lazily and quantized one layer at a time, each finished layer written to the offload folder; small clusters
     unless given, as quantized()."""
-    from models import load_lazily
-    from rptq.config import RPTQConfig
-    from rptq.pipeline import quantize_model
+    import rptq
 
     def run(folder, offload, calib, **kw):
-        model, _, adapter, store = load_lazily(str(folder), folder=offload)
-        quantize_model(model, adapter, calib, RPTQConfig(**{"clusters": SMALL_CLUSTERS, **kw}), progress=False,
-                       store=store)
-        return model, store
+        loaded = rptq.load(str(folder), offload_folder=offload)
+        rptq.quantize(loaded, calib, quant_config(**kw), progress=False)
+        return loaded.model, loaded.store
 
     return run
 
@@ -307,19 +306,23 @@ def one_line_error():
 def fake_main():
     """fake_main(calls, ppl=20.0) -> a runner that stands in for main.py in sweeps: it notes its arguments and
     writes the record main.py would (its settings and data, one wikitext2 figure), without any model."""
-    from rptq import config, record
-    from rptq.cli import dtype_name, pick_device
+    from rptq.api import data_of
+    from rptq.cli import build_parser
+    from rptq.config import RunConfig
+    from rptq.placement import dtype_name, resolve_device
+    from rptq.record import COMPLETE, PerplexityResult, RunRecord
 
     def make(calls, ppl=20.0):
         def runner(argv):
             calls.append(argv)
-            args = config.build_parser().parse_args(argv)
-            device, dtype = pick_device(args.device, args.dtype)
-            rec = record.new_record(args.model, "fake", "opt", "fake", record.settings_of(args, device,
-                                                                                          dtype_name(dtype)),
-                                    None, config.run_data(args))
-            rec.update(status=record.COMPLETE, ppl={"wikitext2": {"ppl": ppl, "windows": 2, "windows_total": 141}})
-            record.write(args.output_path, rec)
+            cfg = RunConfig(**vars(build_parser().parse_args(argv)))
+            device, dtype = resolve_device(cfg.device, cfg.dtype)
+            RunRecord(model=cfg.model, weights="fake", family="opt", label="fake", status=COMPLETE,
+                      settings=cfg.settings(device, dtype_name(dtype)), quantization=None, data=data_of(cfg),
+                      ppl={"wikitext2": PerplexityResult(ppl=ppl, ppl_ci95=None, nll=0.0, nll_sem=None, windows=2,
+                                                         windows_total=141, seqlen=cfg.seqlen, seconds=0.0,
+                                                         seconds_per_window=0.0, nlls=[0.0, 0.0])}
+                      ).write(cfg.output_path)
             return 0
 
         return runner

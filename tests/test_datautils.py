@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import datautils
-import models.hub
+import rptq.base
 from datautils import DataError
 
 
@@ -124,7 +124,7 @@ def test_unreachable_hub_fails_fast(no_hub_env, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(models.hub.socket, "create_connection", refuse)
+    monkeypatch.setattr(rptq.base.socket, "create_connection", refuse)
     start = time.monotonic()
     with pytest.raises(DataError, match="cannot reach the Hugging Face hub"):
         datautils.get_eval_windows("wikitext2", None, cache_dir=False)

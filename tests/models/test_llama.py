@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rptq.config import RPTQConfig
+from rptq.config import QuantConfig
 from rptq.pipeline import quantize_model
 
 
@@ -23,7 +23,7 @@ def test_full_reorder_with_quantizers_off_is_exact(llama_case, quantized):
         w, w0 = getattr(layer.self_attn, lin).weight, getattr(orig.self_attn, lin).weight
         assert torch.equal(w[:, torch.argsort(layer.input_layernorm.rptq_perm)], w0)
     assert not any("quant" in name for name, _ in q.named_modules())
-    assert report["clusters_per_layer"][0] == {"R1": 4, "R2": 4, "R3": 4, "R4": 4, "R5": 8}  # R2/R3: 2 per KV head
+    assert report.clusters_per_layer[0] == {"R1": 4, "R2": 4, "R3": 4, "R4": 4, "R5": 8}  # R2/R3: 2 per KV head
     assert (_logits(q, test) - _logits(model, test)).abs().max().item() <= 1e-4
 
 
@@ -74,7 +74,7 @@ def test_real_smollm2_reorder_is_exact(data_dir, smollm2):
     calib = get_calib_windows("wikitext2", tokenizer, 2, seed=0, data_dir=data_dir, seqlen=64, cache_dir=None)
     test = calib[:1, :48]
     reference = _logits(model, test)
-    report = quantize_model(model, adapter, calib, RPTQConfig(wbits=16, abits=16, reorder="12345"),
+    report = quantize_model(model, adapter, calib, QuantConfig(wbits=16, abits=16, reorder="12345"),
                             progress=False)
-    assert report["clusters_per_layer"][0] == {"R1": 32, "R2": 12, "R3": 12, "R4": 32, "R5": 32}
+    assert report.clusters_per_layer[0] == {"R1": 32, "R2": 12, "R3": 12, "R4": 32, "R5": 32}
     assert (_logits(model, test) - reference).abs().max().item() <= 1e-4

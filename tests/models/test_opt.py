@@ -14,7 +14,7 @@ def test_full_reorder_with_quantizers_off_is_exact(opt_case, quantized):
     assert not torch.equal(perm, torch.arange(len(perm)))  # something really was reordered
     assert not torch.equal(layer.fc1.weight, model.model.decoder.layers[0].fc1.weight)
     assert not any("quant" in name for name, _ in q.named_modules())  # and nothing quantized
-    assert report["clusters_per_layer"][0] == {"R1": 4, "R2": 8, "R3": 8, "R4": 4, "R5": 8}
+    assert report.clusters_per_layer[0] == {"R1": 4, "R2": 8, "R3": 8, "R4": 4, "R5": 8}
     with torch.no_grad():
         diff = (q(test).logits - model(test).logits).abs().max().item()
     assert diff <= 1e-4

@@ -64,17 +64,17 @@ def test_more_clusters_than_channels_is_a_clear_error():
 def test_kmeans_works_in_the_references_precision(monkeypatch):
     """float32 and float64 pick other local optima (15 of 32 clusters shared on a real layer). The reference's
     features are in the model's dtype (reorder_utils.py:98-102): sklearn keeps float32 and makes float16 float64."""
-    import rptq.cluster
+    import sklearn.cluster
 
     seen = []
-    real = rptq.cluster.KMeans
+    real = sklearn.cluster.KMeans
 
     class Spy(real):
         def fit(self, X, y=None, sample_weight=None):
             seen.append(X.dtype)
             return super().fit(X, y, sample_weight)
 
-    monkeypatch.setattr(rptq.cluster, "KMeans", Spy)
+    monkeypatch.setattr(sklearn.cluster, "KMeans", Spy)
     cluster_channels(torch.randn(32, 4, dtype=torch.float64), 3, heads=2)
     cluster_channels(torch.randn(32, 4), 3, dtype=kmeans_dtype(torch.nn.Linear(2, 2).half()))
     assert seen == [np.float32, np.float32, np.float64]

@@ -25,9 +25,9 @@ def model_and_windows(tiny_opt):
 def test_perplexity_matches_an_independent_computation(model_and_windows):
     model, windows, losses = model_and_windows
     res = perplexity(model, windows, progress=False)
-    assert res["windows"] == res["windows_total"] == 5
-    assert res["ppl"] == pytest.approx(math.exp(sum(losses) / 5), rel=1e-5)
-    assert res["nlls"] == pytest.approx(losses, rel=1e-5)  # every window's NLL is kept
+    assert res.windows == res.windows_total == 5
+    assert res.ppl == pytest.approx(math.exp(sum(losses) / 5), rel=1e-5)
+    assert res.nlls == pytest.approx(losses, rel=1e-5)  # every window's NLL is kept
 
 
 def test_the_interval_comes_from_the_standard_error_of_the_window_nlls():
@@ -41,10 +41,10 @@ def test_the_interval_comes_from_the_standard_error_of_the_window_nlls():
 def test_limit_averages_over_the_windows_it_ran(model_and_windows):
     model, windows, losses = model_and_windows
     res = perplexity(model, windows, limit=2, progress=False)
-    assert (res["windows"], res["windows_total"]) == (2, 5)
-    assert res["ppl"] == pytest.approx(math.exp(sum(losses[:2]) / 2), rel=1e-5)
-    assert res["ppl"] != pytest.approx(math.exp(sum(losses[:2]) / 5), rel=1e-3)  # the reference's bug
-    assert perplexity(model, windows, limit=50, progress=False)["windows"] == 5
+    assert (res.windows, res.windows_total) == (2, 5)
+    assert res.ppl == pytest.approx(math.exp(sum(losses[:2]) / 2), rel=1e-5)
+    assert res.ppl != pytest.approx(math.exp(sum(losses[:2]) / 5), rel=1e-3)  # the reference's bug
+    assert perplexity(model, windows, limit=50, progress=False).windows == 5
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ def _ppl(model, ids):
 def test_left_out_points_get_one_cluster(opt_case, quantized):
     model, calib, _ = opt_case
     q, report = quantized(model, calib, wbits=4, abits=4, reorder="3", w_quantizer="normal")
-    assert report["clusters_per_layer"][1] == {"R1": 1, "R2": 1, "R3": 8, "R4": 1, "R5": 1}
+    assert report.clusters_per_layer[1] == {"R1": 1, "R2": 1, "R3": 8, "R4": 1, "R5": 1}
     assert not hasattr(q.model.decoder.layers[0].self_attn_layer_norm, "rptq_perm")
     assert q.model.decoder.layers[0].fc2.rptq_input_quant.n_clusters == 1
 
@@ -30,7 +30,7 @@ def test_w4a4_quantizes_every_site_with_the_reference_bits(opt_case, quantized):
     assert layer.fc2.rptq_input_quant.bits == 4
     assert layer.self_attn.rptq_prob_quant.bits == 8
     assert len(torch.unique(layer.fc1.weight[0])) <= 4 * 16  # 4 input clusters of 16 levels each
-    assert set(report["timings_s"]) >= {"calibration", "clustering", "weight_quantization"}
+    assert set(report.timings_s) >= {"calibration", "clustering", "weight_quantization"}
     ppl_q, ppl_f = _ppl(q, test), _ppl(model, test)
     assert ppl_q != ppl_f and math.isfinite(ppl_q)
     strict, _ = quantized(model, calib, wbits=4, abits=4, bit_mode="strict", w_quantizer="normal")
@@ -99,7 +99,7 @@ def test_dynamic_activations_need_no_calibrated_ranges(opt_case, quantized):
 def test_more_clusters_than_channels_fails_before_quantizing(opt_case, quantized):
     model, calib, _ = opt_case
     with pytest.raises(ClusterError, match="R2"):
-        quantized(model, calib, clusters={"R1": 4, "R2": 32, "R3": 2, "R4": 4, "R5": 8})
+        quantized(model, calib, R2_clusters=32)
 
 
 @pytest.mark.parametrize("granularity, groups_per_row", [("cluster", 4), ("channel", 1), ("group", 2)])
@@ -162,7 +162,7 @@ def test_activation_group_controls_keep_the_channel_order(opt_case, quantized, g
     assert not hasattr(layer.self_attn_layer_norm, "rptq_perm")  # no reorder anywhere
     assert torch.equal(layer.self_attn.q_proj.bias, model.model.decoder.layers[0].self_attn.q_proj.bias)
     fc2 = layer.fc2.rptq_input_quant
-    assert report["clusters_per_layer"][0]["R5"] == r5_groups
+    assert report.clusters_per_layer[0]["R5"] == r5_groups
     if granularity == "fixed":
         assert fc2.index.tolist() == [c // 32 for c in range(256)]  # 8 contiguous groups of 32
     assert fc2.ranges == ("token" if granularity == "token" else "static")

@@ -5,7 +5,8 @@ import torch
 
 from models import load_lazily
 from rptq import placement
-from rptq.cli import UsageError
+from rptq.base import PathError
+from rptq.config import ConfigError
 
 W4A4 = dict(wbits=4, abits=4, w_quantizer="normal")
 
@@ -39,15 +40,15 @@ def test_the_map_keeps_layers_whole_and_within_the_budget(tiny_opt_shards, cpu_b
 
 def test_maps_that_cannot_work_are_refused_before_quantizing(tiny_opt_shards, cpu_budget, tmp_path):
     model, _, adapter, _ = load_lazily(str(tiny_opt_shards))
-    with pytest.raises(UsageError, match="leave room for no module at all"):
+    with pytest.raises(ConfigError, match="leave room for no module at all"):
         placement.plan(model, adapter, "sequential", {"cpu": 1000}, "cpu", tmp_path)
-    with pytest.raises(UsageError, match="2 module\\(s\\) go to disk .*; pass --offload_folder DIR"):
+    with pytest.raises(ConfigError, match="2 module\\(s\\) go to disk .*; set offload_folder"):
         placement.plan(model, adapter, "sequential", {"cpu": cpu_budget(tiny_opt_shards, 2)}, "cpu", None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
 def test_a_budget_for_an_absent_gpu_is_refused():
-    with pytest.raises(UsageError, match="gives GPU 0 a budget, but this machine has 0 CUDA device"):
+    with pytest.raises(ConfigError, match="gives GPU 0 a budget, but this machine has 0 CUDA device"):
         placement.check_budgets({0: 2 ** 30, "cpu": 2 ** 30})
     placement.check_budgets({"cpu": 2 ** 30})
 
@@ -59,7 +60,7 @@ def test_each_run_gets_a_fresh_folder_removed_at_the_end(tmp_path):
     with placement.scratch_folder(None) as none:
         assert none is None
     (tmp_path / "file").write_text("")
-    with pytest.raises(UsageError, match="cannot create a folder there"):
+    with pytest.raises(PathError, match="cannot make a folder in .*file/off: "):
         with placement.scratch_folder(tmp_path / "file" / "off"):
             pass
 
@@ -91,3 +92,13 @@ def test_embeddings_and_head_on_disk_too(tiny_opt_shards, quantized_lazily, wind
     assert model.device.type == "meta"
     with torch.no_grad():
         assert torch.equal(model(test).logits, expected_logits)
+
+
+def test_device_and_dtype_choice():
+    assert placement.resolve_device("cpu") == ("cpu", torch.float32)
+    assert placement.resolve_device("cpu", "bfloat16") == ("cpu", torch.bfloat16)
+    with pytest.raises(ConfigError, match="device 'gpu0' is not a torch device"):
+        placement.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available here"):
+            placement.resolve_device("cuda")

@@ -9,7 +9,7 @@ import re
 import datasets
 import pytest
 
-import models.hub
+import rptq.base
 from rptq.tasks import LOCAL_TASKS, TaskError, describe_task_data, local_tasks, plan_tasks, stock_entry
 
 # The first item of each local file as the stock data set on the hub holds it (public ARC, OpenBookQA, PIQA, BoolQ
@@ -180,16 +180,16 @@ def test_unreadable_task_file_and_unknown_task_are_task_errors(tmp_path):
 def no_hub(monkeypatch):
     for var in ("RPTQ_DATA_DIR", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(models.hub, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(rptq.base, "hub_reachable", lambda *a, **k: False)
 
 
 def test_tasks_need_a_data_folder_or_the_hub(task_data_dir, no_hub):
-    with pytest.raises(TaskError, match="hub cannot be reached and no data folder is given.*--data_dir"):
+    with pytest.raises(TaskError, match="hub cannot be reached and no data folder is given.*data_dir"):
         plan_tasks(["piqa"], None)
     assert len(plan_tasks(list(LOCAL_TASKS), task_data_dir)[0]) == len(LOCAL_TASKS)
-    with pytest.raises(TaskError, match=f"--tasks hellaswag: .*{re.escape(str(task_data_dir))} has no files"):
+    with pytest.raises(TaskError, match=f"tasks hellaswag: .*{re.escape(str(task_data_dir))} has no files"):
         plan_tasks(["piqa", "hellaswag"], task_data_dir)
-    with pytest.raises(TaskError, match="--num_fewshot 5: the local files of piqa"):
+    with pytest.raises(TaskError, match="num_fewshot 5: the local files of piqa"):
         plan_tasks(["piqa"], task_data_dir, num_fewshot=5)
 
 

@@ -3,24 +3,27 @@ import csv
 
 import pytest
 
+from rptq.record import PerplexityResult, RunRecord
 from scripts import cluster_ablation
 
 
 def test_one_point_at_a_time_the_others_at_their_defaults_sharing_the_default_run():
     runs = cluster_ablation.ablation_runs("24", [1, 4, 32])
     assert runs == {
-        "W16A4-R2-k1": ["--abits", "4", "--R2_clusters", "1"],
-        "W16A4": ["--abits", "4"],  # R2's default 4 and R4's default 32: the same run
-        "W16A4-R2-k32": ["--abits", "4", "--R2_clusters", "32"],
-        "W16A4-R4-k1": ["--abits", "4", "--R4_clusters", "1"],
-        "W16A4-R4-k4": ["--abits", "4", "--R4_clusters", "4"],
+        "W16A4-R2-k1": {"abits": 4, "R2_clusters": 1},
+        "W16A4": {"abits": 4},  # R2's default 4 and R4's default 32: the same run
+        "W16A4-R2-k32": {"abits": 4, "R2_clusters": 32},
+        "W16A4-R4-k1": {"abits": 4, "R4_clusters": 1},
+        "W16A4-R4-k4": {"abits": 4, "R4_clusters": 4},
     }
 
 
 def record(ppl):
     settings = {"seqlen": 2048, "nsamples": 128, "calib_dataset": "mix", "limit": None, "dtype": "float16"}
-    return {"model": "opt-125m", "label": "W16A4", "status": "complete", "settings": settings,
-            "ppl": {"c4-proxy": {"ppl": ppl, "windows": 256, "windows_total": 256}}}
+    result = PerplexityResult(ppl=ppl, ppl_ci95=None, nll=0.0, nll_sem=None, windows=256, windows_total=256,
+                              seqlen=2048, seconds=0.0, seconds_per_window=0.0, nlls=[])
+    return RunRecord(model="opt-125m", weights="", family="opt", label="W16A4", status="complete", settings=settings,
+                     quantization=None, data=[], ppl={"c4-proxy": result})
 
 
 def test_csv_and_plot_from_fabricated_results(tmp_path):

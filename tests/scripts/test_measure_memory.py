@@ -8,10 +8,11 @@ from scripts import measure_memory, memory_table
 
 @pytest.mark.parametrize("label, expected", [("W16A16", (16, 16, False)), ("W4A8", (4, 8, False)),
                                              ("W4A3KV", (4, 3, True)), ("W3A3KV", (3, 3, True))])
-def test_settings_become_round_to_nearest_configs(label, expected):
-    cfg = measure_memory.setting_config(label)
+def test_settings_become_round_to_nearest_configs(label, expected, tmp_path):
+    cfg = measure_memory.setting_config(label, "model", tmp_path / label)
     assert (cfg.wbits, cfg.abits, cfg.only_quant_kv) == expected and cfg.w_quantizer == "normal"
-    assert cfg.label == label
+    assert cfg.label == label and cfg.quantizes and cfg.save == str(tmp_path / label)
+    assert (cfg.calib_dataset, cfg.nsamples, cfg.output_path) == ("random", 1, None)  # bytes depend on shapes only
 
 
 def test_measured_bytes_match_the_analytic_linear_weights_and_kv(opt_case, save_quantized, tmp_path):
