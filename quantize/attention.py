@@ -7,9 +7,13 @@ quantized.
 
 Quantized probabilities must be materialized, so no fused kernel applies (and a fused kernel for the other cases
 would round differently, which K-means and GPTQ can amplify into other figures). To stay close to the speed of one,
-queries run in blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible (for a causal mask:
-up to the block's last row; skipped keys would get probability exactly 0), the mask added only from its first
-non-zero column, and grouped-query heads reading their K/V head without copying it.
+queries run in blocks of QUERY_BLOCK rows, each against only the keys its mask leaves visible to some row of the
+block (for a causal mask: up to the block's last row; for a sliding window also from the first row's window start;
+skipped keys would get probability exactly 0), the mask added only from its first non-zero column, and grouped-query
+heads reading their K/V head without copying it.
+
+Sliding windows reach attention through the mask alone: transformers builds each layer type's mask with the mask
+function registered below for this implementation, the window included.
 """
 from collections import OrderedDict
 
@@ -46,8 +50,9 @@ def apply_tensor_hooks(module, name, x):
 
 
 def block_plan(mask, t, keys):
-    """Per block of query rows under an additive mask [b, 1, t, keys]: (r0, r1, visible keys, first column the mask
-    changes). Every layer gets the same mask object in one forward, so the plan is made once and kept on it."""
+    """Per block of query rows under an additive mask [b, 1, t, keys]: (r0, r1, k0, k1, first column the mask
+    changes), the block's rows seeing no key outside [k0, k1). Every layer of a type gets the same mask object in one
+    forward, so the plan is made once and kept on it."""
     tag = (QUERY_BLOCK, t, keys)
     kept = getattr(mask, "rptq_block_plan", None)
     if kept is not None and kept[0] == tag:
@@ -56,46 +61,52 @@ def block_plan(mask, t, keys):
     for r0 in range(0, t, QUERY_BLOCK):
         r1 = min(r0 + QUERY_BLOCK, t)
         if mask is None:
-            plan.append((r0, r1, keys, keys))
+            plan.append((r0, r1, 0, keys, keys))
             continue
         rows = mask[..., r0:r1, :].flatten(0, -2)
         seen = (rows > torch.finfo(mask.dtype).min).any(0).nonzero()
-        s = int(seen[-1]) + 1 if len(seen) else 1
-        masked = (rows[:, :s] != 0).any(0).nonzero()
-        plan.append((r0, r1, s, int(masked[0]) if len(masked) else s))
+        k0, k1 = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, 1)
+        masked = (rows[:, k0:k1] != 0).any(0).nonzero()
+        plan.append((r0, r1, k0, k1, k0 + int(masked[0]) if len(masked) else k1))
     if mask is not None:
         mask.rptq_block_plan = (tag, plan)
     return plan
 
 
-def blocked_attention(query, key, value, attention_mask, scaling, prob_quant=None):
+def blocked_attention(query, key, value, attention_mask, scaling, prob_quant=None, softcap=None):
     """query [b, h, t, d], key/value [b, h_kv, s, d] -> [b, t, h, d], the probabilities materialized block by block
-    (and quantized by prob_quant when given)."""
+    (and quantized by prob_quant when given). softcap: scores become tanh(scores / softcap) * softcap before the
+    mask, as transformers' eager attention does where a model sets it (Gemma2)."""
     b, h, t, d = query.shape
     kv_heads = key.shape[1]
     groups = h // kv_heads  # grouped-query attention: one K/V head serves `groups` query heads
     grouped = query.view(b, kv_heads, groups, t, d)
     out = query.new_empty(b, t, h, value.shape[-1])
     out_grouped = out.view(b, t, kv_heads, groups, value.shape[-1])
-    for r0, r1, s, first_masked in block_plan(attention_mask, t, key.shape[2]):
-        n = r1 - r0
+    for r0, r1, k0, k1, first_masked in block_plan(attention_mask, t, key.shape[2]):
+        n, s = r1 - r0, k1 - k0
         q = (grouped[:, :, :, r0:r1] * scaling).reshape(b, kv_heads, groups * n, d)  # scale the smaller
-        scores = torch.matmul(q, key[:, :, :s].transpose(-1, -2))  # [b, kv_heads, groups * n, s]
-        if attention_mask is not None and first_masked < s:
-            scores.view(b, kv_heads, groups, n, s)[..., first_masked:] += \
-                attention_mask[..., r0:r1, first_masked:s].unsqueeze(1)
+        scores = torch.matmul(q, key[:, :, k0:k1].transpose(-1, -2))  # [b, kv_heads, groups * n, s]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None and first_masked < k1:
+            scores.view(b, kv_heads, groups, n, s)[..., first_masked - k0:] += \
+                attention_mask[..., r0:r1, first_masked:k1].unsqueeze(1)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         if prob_quant is not None:
             probs = prob_quant(probs)
-        block = torch.matmul(probs.to(value.dtype), value[:, :, :s])  # [b, kv_heads, groups * n, dv]
+        block = torch.matmul(probs.to(value.dtype), value[:, :, k0:k1])  # [b, kv_heads, groups * n, dv]
         out_grouped[:, r0:r1] = block.view(b, kv_heads, groups, n, -1).permute(0, 3, 1, 2, 4)
     return out
 
 
-def quantized_prob_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned."""
+def quantized_prob_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None,
+                             sliding_window=None, **kwargs):
+    """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned.
+    sliding_window is already in attention_mask."""
     query, key = apply_tensor_hooks(module, "query", query), apply_tensor_hooks(module, "key", key)
-    return blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "rptq_prob_quant", None)), None
+    return blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "rptq_prob_quant", None),
+                             softcap), None
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, quantized_prob_attention)

