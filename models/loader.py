@@ -7,6 +7,7 @@ import torch
 from rptq.base import hub_offline, hub_reachable
 
 from . import packaged
+from .packaged import quiet_loading
 from .adapter import FAMILIES, ModelError
 from .weights import WeightStore, checkpoint_files
 
@@ -105,12 +106,6 @@ def empty_model(config, dtype=None):
 
     with init_empty_weights(include_buffers=False):
         return AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {})).eval()
-
-
-def quiet_loading():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
 
 
 def load_model(name, dtype=torch.float32):

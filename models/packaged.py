@@ -67,13 +67,17 @@ def gguf_file(model: PackagedGGUF) -> Path:
     return pieces[0]
 
 
+def quiet_loading():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # loading is quick; its bars would bury the run's own progress and errors
+
+
 def read_gguf(path):
     """(config, tokenizer, float32 model) of a GGUF file, read through transformers, which dequantizes its weights to
     float32."""
     import transformers.modeling_gguf_pytorch_utils as gguf_loading
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .loader import quiet_loading  # loader resolves names to packaged models: imported here, not at the top
 
     quiet_loading()
     gguf_loading.tqdm = partial(tqdm, disable=True)  # its bar does not obey transformers' progress-bar switch
