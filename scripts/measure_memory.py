@@ -6,7 +6,7 @@ analytic numbers for the same shapes.
                                      [--settings FP16,W16A16,W4A16,...] [--work out/memory]
                                      [--output results/memory_measured.csv] [--plot results/memory_measured.png]
 
-opt-1.3b is a random OPT of that shape (scripts/make_random_opt.py, made in --work if missing): no OPT checkpoint
+An OPT name (opt-1.3b ...) is a random OPT of that shape (scripts/make_random_opt.py, made in --work if missing): no OPT checkpoint
 can be downloaded here, and bytes depend on shapes only. Each setting is quantized with round-to-nearest weights on
 one random calibration window (bytes do not depend on the calibration either), saved in --work/MODEL/SETTING (kept:
 a rerun loads it again), loaded with its float parts in float16, and prefilled with random tokens through the
@@ -26,7 +26,7 @@ from scripts import memory_table
 
 PROG = "measure_memory.py"
 SETTINGS = ("FP16", *memory_table.PAPER_SETTINGS)
-MODELS = ("smollm2-135m", "opt-1.3b")
+MODELS = ("smollm2-135m", "opt-1.3b")  # the default; any model main.py takes, or an OPT shape
 MIB = 2 ** 20
 CALIB_TOKENS = 128
 COLUMNS = ("model", "setting", "batch", "seqlen", "weight_codes", "weight_grids", "linear_float", "embeddings",
@@ -35,15 +35,16 @@ COLUMNS = ("model", "setting", "batch", "seqlen", "weight_codes", "weight_grids"
 
 
 def model_source(name, work):
-    """The model to quantize: SmolLM2 as shipped, or a random OPT of opt-1.3b's shape made once in work."""
-    if name == "smollm2-135m":
+    """The model to quantize: a random OPT of an OPT name's shape, made once in work; any other name as main.py takes
+    it (a model shipped in a PyPI package, a local folder)."""
+    if name not in memory_table.OPT_SHAPES:
         return name
     from scripts.make_random_opt import make_random_opt
 
-    folder = work / "opt-1.3b-random"
+    folder = work / f"{name}-random"
     if not (folder / "config.json").is_file():
-        shape = memory_table.OPT_SHAPES["opt-1.3b"]
-        make_random_opt(folder, shape.num_hidden_layers, shape.hidden_size, shape.num_attention_heads, shape.ffn_dim)
+        shape = memory_table.OPT_SHAPES[name]
+        make_random_opt(folder, shape.layers, shape.hidden, shape.heads, shape.mlp_width)
     return str(folder)
 
 
@@ -204,7 +205,9 @@ def comma_list(text, allowed, flag):
 def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma list of model names as main.py takes them (e.g. smollm2-135m, gemma3-270m, a folder); "
+                        f"OPT names ({', '.join(memory_table.OPT_SHAPES)}) are random OPTs of their shape")
     p.add_argument("--seqlen", default="2048,256", help="prefill tokens per sequence, one per model")
     p.add_argument("--batch", type=int, default=1, help="sequences prefilled at once")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
@@ -215,7 +218,9 @@ def build_parser():
 
 
 def run(args):
-    models = comma_list(args.models, MODELS, "models")
+    models = [m for m in args.models.split(",") if m]
+    if not models:
+        raise UsageError("--models is empty: name the models to measure")
     settings = comma_list(args.settings, SETTINGS, "settings")
     try:
         lengths = [int(s) for s in args.seqlen.split(",")]

@@ -1,10 +1,11 @@
-"""Memory of an OPT model (weights, K/V cache, activations) at given bit widths, batch and sequence length,
-and the RPTQ paper's Table 3 (Yuan et al. 2023) beside it.
+"""Memory of a model (weights, K/V cache, activations) at given bit widths, batch and sequence length, from its
+family's shape (models/: OPT as the paper, and every other registered family), and the RPTQ paper's Table 3 (Yuan
+et al. 2023) beside it.
 
     python scripts/memory_table.py --paper [TABLE3.csv] [--output table3.csv]
     python scripts/memory_table.py --model opt-1.3b          # the paper's settings, batches and lengths
     python scripts/memory_table.py --model opt-13b --wbits 4 --abits 8 --batch 1,8 --seqlen 2048,4096
-    python scripts/memory_table.py --config path/to/config.json --wbits 4 --abits 4 --kvbits 4
+    python scripts/memory_table.py --config path/to/model_folder --wbits 4 --abits 4 --kvbits 4
 
 What Table 3 counts, read off its 189 cells (this model matches all of them within 0.3%):
 - Units are GiB (2**30 bytes) though the paper writes GB: W16 minus W4 rows put opt-30b's fp16 weights at
@@ -20,17 +21,18 @@ What Table 3 counts, read off its 189 cells (this model matches all of them with
   A8 and A4 rows fix the split), in WxAyKV rows 2 at kvbits and 8 at 16 bits. Our reading: q (h) and the fc1
   output (ffn = 4h) at abits, k and v (2h) at kvbits, and the residual stream (layer input, attention
   output, layer output) left at 16 bits.
+Other families are counted the same way from their shape: q and o_proj hold heads x head_dim channels, k and v
+kv_heads x head_dim (grouped-query attention), the MLP two or three matrices.
 """
 import argparse
 import csv
-import json
 import re
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
+from models import ModelShape
+from rptq.base import RPTQError, atomic_write
 from rptq.cli import OneLineParser
-from rptq.base import atomic_write
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table3_memory_paper.csv"
 PAPER_SETTINGS = ("W16A16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
@@ -39,42 +41,25 @@ PAPER_SEQLENS = (2048, 4096, 8192)
 COLUMNS = ("model", "setting", "batch", "seqlen", "weight_gb", "kv_gb", "activation_gb", "memory_gb", "paper_gb")
 GIB = 2 ** 30
 FP16_BITS = 16
-HF_KEYS = ("hidden_size", "num_hidden_layers", "ffn_dim", "vocab_size", "max_position_embeddings",
-           "num_attention_heads")
 
 
-class OPTShape(NamedTuple):
-    """The config.json fields of an OPT model that size it (the names are Hugging Face's). The last two let the
-    same counts size a Llama-family model (shape_of): grouped-query K/V heads and a three-matrix (SwiGLU) MLP."""
-    hidden_size: int
-    num_hidden_layers: int
-    ffn_dim: int
-    vocab_size: int
-    max_position_embeddings: int
-    num_attention_heads: int
-    word_embed_proj_dim: int  # the embedding width; only opt-350m's differs from hidden_size
-    num_key_value_heads: int = 0  # 0: one K/V head per query head (OPT)
-    mlp_matrices: int = 2  # fc1, fc2 (Llama: gate, up, down)
-
-    @property
-    def kv_width(self):
-        """Channels of K (and of V) per token: hidden_size with one K/V head per query head."""
-        heads = self.num_key_value_heads or self.num_attention_heads
-        return self.hidden_size * heads // self.num_attention_heads
+def opt(layers, hidden, heads, ffn, embed=None):
+    """The shape of a published OPT config (vocabulary 50272, 2048 positions)."""
+    return ModelShape(layers, hidden, heads, heads, hidden // heads, ffn, 2, 50272, embed or hidden, 2048)
 
 
 # Published values: the facebook/opt-* config.json files on the Hugging Face hub; opt-175b, which has no hub
 # checkpoint, from the OPT paper (Zhang et al. 2022, Table 1: 96 layers, 96 heads, d_model 12288, ffn 4*d).
 OPT_SHAPES = {
-    "opt-125m": OPTShape(768, 12, 3072, 50272, 2048, 12, 768),
-    "opt-350m": OPTShape(1024, 24, 4096, 50272, 2048, 16, 512),
-    "opt-1.3b": OPTShape(2048, 24, 8192, 50272, 2048, 32, 2048),
-    "opt-2.7b": OPTShape(2560, 32, 10240, 50272, 2048, 32, 2560),
-    "opt-6.7b": OPTShape(4096, 32, 16384, 50272, 2048, 32, 4096),
-    "opt-13b": OPTShape(5120, 40, 20480, 50272, 2048, 40, 5120),
-    "opt-30b": OPTShape(7168, 48, 28672, 50272, 2048, 56, 7168),
-    "opt-66b": OPTShape(9216, 64, 36864, 50272, 2048, 72, 9216),
-    "opt-175b": OPTShape(12288, 96, 49152, 50272, 2048, 96, 12288),
+    "opt-125m": opt(12, 768, 12, 3072),
+    "opt-350m": opt(24, 1024, 16, 4096, embed=512),
+    "opt-1.3b": opt(24, 2048, 32, 8192),
+    "opt-2.7b": opt(32, 2560, 32, 10240),
+    "opt-6.7b": opt(32, 4096, 32, 16384),
+    "opt-13b": opt(40, 5120, 40, 20480),
+    "opt-30b": opt(48, 7168, 56, 28672),
+    "opt-66b": opt(64, 9216, 72, 36864),
+    "opt-175b": opt(96, 12288, 96, 49152),
 }
 
 SETTING = re.compile(r"W(\d+)A(\d+)(KV(\d+)?)?", re.IGNORECASE)
@@ -108,15 +93,15 @@ def setting_label(wbits, abits, kvbits):
 
 
 def linear_weight_count(shape):
-    """Weights of the decoder layers' Linears: q and out_proj h x h, k and v h x kv_width, the MLP's matrices."""
-    h = shape.hidden_size
-    return shape.num_hidden_layers * (2 * h * h + 2 * h * shape.kv_width + shape.mlp_matrices * h * shape.ffn_dim)
+    """Weights of the decoder layers' Linears: q and out_proj h x q_width, k and v h x kv_width, the MLP's matrices."""
+    h = shape.hidden
+    return shape.layers * (2 * h * shape.q_width + 2 * h * shape.kv_width + shape.mlp_matrices * h * shape.mlp_width)
 
 
 def embedding_weight_count(shape):
     """Embedding and lm_head counted apart (see above); opt-350m projects between embed and h both ways."""
-    h, embed = shape.hidden_size, shape.word_embed_proj_dim
-    return 2 * shape.vocab_size * embed + (2 * h * embed if embed != h else 0)
+    h, embed = shape.hidden, shape.embed_width
+    return 2 * shape.vocab * embed + (2 * h * embed if embed != h else 0)
 
 
 def weight_gib(shape, wbits):
@@ -124,24 +109,19 @@ def weight_gib(shape, wbits):
 
 
 def kv_cache_gib(shape, kvbits, batch, seqlen):
-    return 2 * shape.num_hidden_layers * batch * seqlen * shape.kv_width * kvbits / 8 / GIB
+    return 2 * shape.layers * batch * seqlen * shape.kv_width * kvbits / 8 / GIB
 
 
 def shape_of(config):
-    """The shape of a transformers config of the OPT or Llama family."""
-    if config.model_type == "opt":
-        return OPTShape(config.hidden_size, config.num_hidden_layers, config.ffn_dim, config.vocab_size,
-                        config.max_position_embeddings, config.num_attention_heads, config.word_embed_proj_dim)
-    if config.model_type == "llama":
-        return OPTShape(config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size,
-                        config.max_position_embeddings, config.num_attention_heads, config.hidden_size,
-                        config.num_key_value_heads, mlp_matrices=3)
-    raise ValueError(f"no memory model for model type {config.model_type!r}")
+    """The shape of a transformers config, as its family declares it."""
+    from models import adapter_for
+
+    return adapter_for(config).shape(config)
 
 
 def activation_gib(shape, abits, kvbits, batch, seqlen):
-    h = shape.hidden_size
-    bits_per_token = (h + shape.ffn_dim) * abits + 2 * h * kvbits + 3 * h * FP16_BITS
+    bits_per_token = ((shape.q_width + shape.mlp_width) * abits + 2 * shape.kv_width * kvbits
+                      + 3 * shape.hidden * FP16_BITS)
     return batch * seqlen * bits_per_token / 8 / GIB
 
 
@@ -188,17 +168,13 @@ def read_paper_cells(path):
 
 
 def read_hf_config(path):
-    config = json.loads(Path(path).read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a config object")
-    if config.get("model_type", "opt") != "opt":
-        raise ValueError(f"{path} is a {config['model_type']!r} config, not an OPT one")
-    missing = [key for key in HF_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}")
-    shape = OPTShape(*(int(config[key]) for key in HF_KEYS),
-                     int(config.get("word_embed_proj_dim", config["hidden_size"])))
-    bad = [f"{key} {value}" for key, value in zip((*HF_KEYS, "word_embed_proj_dim"), shape) if value < 1]
+    """The shape of the model whose config.json is path (or is in folder path), by its family."""
+    from models import load_config
+
+    folder = Path(path).parent if Path(path).is_file() else Path(path)
+    config, adapter = load_config(str(folder))
+    shape = adapter.shape(config)
+    bad = [f"{key} {value}" for key, value in shape._asdict().items() if value < 1]
     if bad:
         raise ValueError(f"{path}: sizes must be positive, got {', '.join(bad)}")
     return shape
@@ -226,7 +202,7 @@ def build_parser():
     source.add_argument("--paper", nargs="?", const=PAPER_CSV, type=Path, metavar="CSV",
                         help=f"every cell of Table 3 beside the paper's value (default CSV: {PAPER_CSV})")
     source.add_argument("--model", help=f"comma list of: {', '.join(OPT_SHAPES)}")
-    source.add_argument("--config", type=Path, help="a local Hugging Face OPT config.json")
+    source.add_argument("--config", type=Path, help="a local model folder or its config.json, of any registered family")
     p.add_argument("--wbits", type=int, help="weight bits (default 16)")
     p.add_argument("--abits", type=int, help="activation bits (default 16)")
     p.add_argument("--kvbits", type=int, help="K/V cache bits (default: --abits)")
@@ -250,9 +226,10 @@ def chosen_settings(p, args):
 
 def chosen_models(p, args):
     if args.config:
+        folder = args.config.resolve().parent if args.config.is_file() else args.config.resolve()
         try:
-            return [(args.config.resolve().parent.name, read_hf_config(args.config))]
-        except (OSError, ValueError, TypeError) as e:
+            return [(folder.name, read_hf_config(args.config))]
+        except (OSError, ValueError, TypeError, RPTQError) as e:
             p.error(f"cannot read {args.config}: {e}")
     names = [name.strip() for name in args.model.split(",")]
     unknown = [name for name in names if name not in OPT_SHAPES]

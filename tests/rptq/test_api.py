@@ -69,3 +69,19 @@ def test_seqlen_longer_than_the_positions_is_refused(tiny_opt):
     check_positions(model.config, "tiny", 2048)
     with pytest.raises(ConfigError, match="seqlen 4096 is longer than tiny's 2048 positions"):
         check_positions(model.config, "tiny", 4096)
+
+
+def test_the_readme_example_runs_as_written(root, smollm2, data_dir, tmp_path):
+    """The README's library example, run as a user pastes it: it quantizes SmolLM2 and evaluates it."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    readme = (root / "README.md").read_text()
+    code = re.search(r"## Library\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env={**os.environ, "RPTQ_DATA_DIR": str(data_dir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    clusters, ppl = re.fullmatch(r"(\{.*\}) (\S+)\n", proc.stdout).groups()
+    assert clusters == "{'R1': 32, 'R2': 12, 'R3': 12, 'R4': 32, 'R5': 32}" and 1 < float(ppl) < 1e5

@@ -79,10 +79,11 @@ def test_explicit_bits_and_lists(run_script):
 
 
 def test_local_config_gives_the_same_rows_as_the_built_in_shape(run_script, tmp_path):
-    shape = memory_table.OPT_SHAPES["opt-1.3b"]
     folder = tmp_path / "opt-1.3b"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "opt", **shape._asdict()}))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "opt", "hidden_size": 2048, "num_hidden_layers": 24, "ffn_dim": 8192, "vocab_size": 50272,
+        "max_position_embeddings": 2048, "num_attention_heads": 32, "word_embed_proj_dim": 2048}))
     from_config, built_in = run_script("--config", folder / "config.json"), run_script("--model", "opt-1.3b")
     assert from_config.returncode == 0, from_config.stderr
     assert from_config.stdout == built_in.stdout
@@ -136,10 +137,11 @@ def test_bad_input_exits_2_with_one_line(run_script, args, expected):
 
 
 @pytest.mark.parametrize("content, expected", [
-    ("[1, 2]", "holds a JSON list, not a config object"),
+    ("[1, 2]", "names no model_type"),
     ("{not json", "cannot read"),
-    (json.dumps({"hidden_size": -768, "num_hidden_layers": 12, "ffn_dim": 3072, "vocab_size": 50272,
-                 "max_position_embeddings": 2048, "num_attention_heads": 12}), "sizes must be positive"),
+    (json.dumps({"model_type": "opt", "hidden_size": -768, "num_hidden_layers": 12, "ffn_dim": 3072,
+                 "vocab_size": 50272, "max_position_embeddings": 2048, "num_attention_heads": 12}),
+     "sizes must be positive"),
 ])
 def test_bad_config_files_exit_2_with_one_line(run_script, one_line_error, tmp_path, content, expected):
     (tmp_path / "config.json").write_text(content)
@@ -157,8 +159,8 @@ def test_an_output_under_a_regular_file_exits_2_with_one_line(run_script, one_li
     one_line_error(run_script("--model", "opt-1.3b", "--output", tmp_path / "file" / "t.csv"), "cannot write")
 
 
-def test_a_llama_shape_counts_grouped_kv_heads_and_three_mlp_matrices():
-    from transformers import LlamaConfig, OPTConfig
+def test_a_family_shape_counts_grouped_kv_heads_three_mlp_matrices_and_its_head_dim():
+    from transformers import LlamaConfig, OPTConfig, Qwen3Config
 
     smol = memory_table.shape_of(LlamaConfig(hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
                                              vocab_size=49152, num_attention_heads=9, num_key_value_heads=3))
@@ -168,3 +170,7 @@ def test_a_llama_shape_counts_grouped_kv_heads_and_three_mlp_matrices():
     opt = memory_table.shape_of(OPTConfig(hidden_size=2048, num_attention_heads=32, ffn_dim=8192,
                                           num_hidden_layers=24, vocab_size=50272, word_embed_proj_dim=2048))
     assert opt == memory_table.OPT_SHAPES["opt-1.3b"]
+    qwen3 = memory_table.shape_of(Qwen3Config(hidden_size=1024, num_hidden_layers=28, intermediate_size=3072,
+                                              num_attention_heads=16, num_key_value_heads=8, head_dim=128))
+    assert (qwen3.q_width, qwen3.kv_width) == (2048, 1024)  # heads x head_dim, wider than hidden
+    assert memory_table.linear_weight_count(qwen3) == 28 * (2 * 1024 * 2048 + 2 * 1024 * 1024 + 3 * 1024 * 3072)
