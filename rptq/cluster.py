@@ -5,6 +5,14 @@ import torch
 from .base import RPTQError
 
 
+# How the channels of one cluster are ordered once the clusters are contiguous (GPTQ walks a cluster's weight columns
+# in this order, so it changes the quantized weights): "reference" as the reference's reorder_utils.py:113-114 at
+# commit 9619069 (torch.argsort of the int32 K-means labels, not stable: beyond 16 channels not ascending, on the CPU
+# as on CUDA, but the same labels give the same permutation on the same torch build and device); "stable": ascending
+# channel index.
+ORDERS = ("reference", "stable")
+
+
 class ClusterError(RPTQError):
     """A clustering request that cannot be met (more clusters than channels)."""
 
@@ -27,12 +35,23 @@ def kmeans_labels(points, k):
     return KMeans(n_clusters=k, n_init=10, random_state=0).fit(points).labels_
 
 
-def cluster_channels(features, k, heads=1, name="R", dtype=np.float32):
+def cluster_order(labels, order="stable", device="cpu"):
+    """labels [C] (K-means' cluster ids) -> perm [C] (torch long): channel perm[j] goes to position j, each cluster
+    contiguous, the clusters by increasing label; inside a cluster the channels follow `order` (see ORDERS). device:
+    where the reference's argsort runs (its labels go to the features' device: CUDA on a GPU run)."""
+    if order == "stable":
+        return torch.from_numpy(np.argsort(labels, kind="stable"))
+    assert order == "reference", f"cluster order is one of {ORDERS}"
+    return torch.argsort(torch.from_numpy(np.asarray(labels, dtype=np.int32)).to(device)).cpu().long()
+
+
+def cluster_channels(features, k, heads=1, name="R", dtype=np.float32, order="stable", device="cpu"):
     """features [C, F] -> (perm [C], sizes): channel perm[j] goes to position j, clusters contiguous.
 
     With heads > 1 each of the `heads` contiguous channel groups is clustered on its own into k clusters,
     so the permutation never moves a channel across a head boundary. dtype: K-means' precision; float32 and float64
     find different local optima (on a real layer only 15 of 32 clusters agree), so it follows the reference's.
+    order, device: the order of the channels inside each cluster (cluster_order).
     """
     channels = features.shape[0]
     check_cluster_count(k, channels, heads, name)
@@ -41,6 +60,6 @@ def cluster_channels(features, k, heads=1, name="R", dtype=np.float32):
     perm, sizes = [], []
     for h in range(heads):
         labels = kmeans_labels(points[h * per_group:(h + 1) * per_group], k)
-        perm.append(np.argsort(labels, kind="stable") + h * per_group)
+        perm.append(cluster_order(labels, order, device) + h * per_group)
         sizes.extend(int(n) for n in np.bincount(labels, minlength=k) if n > 0)  # duplicate points can empty one
-    return torch.from_numpy(np.concatenate(perm)), sizes
+    return torch.cat(perm), sizes

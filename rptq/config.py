@@ -67,6 +67,7 @@ class Option:
     record: Callable | None = None     # describe()'s value (config -> value); None: the value as it is
     recorded: bool = True              # in describe() under its own name
     metavar: str | None = None
+    before: object = None              # the value that records made before the setting existed were made with
 
 
 def option(default, help, group, **kw):
@@ -176,6 +177,11 @@ def _static_acts(c):
     return _acts(c) and c.act_ranges == "static"
 
 
+def _clustered(c):
+    """Whether K-means clusters any point (the controls group channels without it)."""
+    return c.quantizes and c.a_granularity == "cluster" and bool(c.points)
+
+
 def _granularity(c):
     from .granularity import GRANULARITIES
 
@@ -211,17 +217,17 @@ class QuantConfig:
                          choices=Choices("quantize.observer", "RANGE_METRICS"), figures=True, saved=True,
                          needed=_static_acts)
     R1_clusters: int = option(DEFAULT_CLUSTERS["R1"], "clusters at R1", Q, check=at_least(1), figures=True,
-                              saved=True, recorded=False, needed=lambda c: "1" in c.points)
+                              saved=True, recorded=False, needed=lambda c: c.quantizes and "1" in c.points)
     R2_clusters: int = option(DEFAULT_CLUSTERS["R2"], "clusters at R2 (per attention head; Llama: per K/V head)", Q,
                               check=at_least(1), figures=True, saved=True, recorded=False,
-                              needed=lambda c: "2" in c.points)
+                              needed=lambda c: c.quantizes and "2" in c.points)
     R3_clusters: int = option(DEFAULT_CLUSTERS["R3"], "clusters at R3 (per attention head; Llama: per K/V head)", Q,
                               check=at_least(1), figures=True, saved=True, recorded=False,
-                              needed=lambda c: "3" in c.points)
+                              needed=lambda c: c.quantizes and "3" in c.points)
     R4_clusters: int = option(DEFAULT_CLUSTERS["R4"], "clusters at R4", Q, check=at_least(1), figures=True,
-                              saved=True, recorded=False, needed=lambda c: "4" in c.points)
+                              saved=True, recorded=False, needed=lambda c: c.quantizes and "4" in c.points)
     R5_clusters: int = option(DEFAULT_CLUSTERS["R5"], "clusters at R5", Q, check=at_least(1), figures=True,
-                              saved=True, recorded=False, needed=lambda c: "5" in c.points)
+                              saved=True, recorded=False, needed=lambda c: c.quantizes and "5" in c.points)
     reorder: str | None = option(None, "which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (unset: "
                                  "12345; with {wbits} and {abits} 16, setting it runs the pipeline with every quantizer "
                                  "off); a point left out gets one cluster", Q, check=point_digits, figures=True,
@@ -235,13 +241,21 @@ class QuantConfig:
                                 "(cluster: RPTQ), or the controls: as many contiguous groups in the original order "
                                 "(fixed), one per channel (channel), dynamic per-token ranges (token); with the "
                                 "controls, weight groups ({w_granularity} cluster) are the fixed groups", Q,
-                                choices=Choices("rptq.granularity", "GRANULARITIES"), figures=True, saved=True)
+                                choices=Choices("rptq.granularity", "GRANULARITIES"), figures=True, saved=True,
+                                needed=lambda c: c.quantizes)
     grid: str = option("paper", "paper: scale = range / 2^k as the reference; full: range / (2^k - 1)", Q,
                        choices=Choices("quantize.quantizer", "GRIDS"), figures=True, saved=True,
                        needed=lambda c: _weights(c) or _acts(c))
     bit_mode: str = option("reference", "reference: LayerNorm outputs at max(8, abits), softmax on an 8-bit grid; "
                            "strict: every quantized activation at abits", Q, choices=BIT_MODES, figures=True,
                            saved=True, needed=lambda c: _acts(c) and not c.only_quant_kv)
+    cluster_order: str | None = option(None, "order of the channels inside a cluster, in which GPTQ walks its weight "
+                                       "columns: reference, as the authors' code (torch.argsort of the K-means "
+                                       "labels, not stable: the same labels give the same order on one torch build), "
+                                       "or stable (ascending channel index); unset: reference with {bit_mode} "
+                                       "reference, stable with strict", Q, choices=("reference", "stable"),
+                                       figures=True, saved=True, needed=_clustered, record=lambda c: c.order,
+                                       before="stable")
 
     @classmethod
     def from_description(cls, description):
@@ -283,6 +297,11 @@ class QuantConfig:
         return getattr(self, f"{name}_clusters") if name[1] in self.points else 1
 
     @property
+    def order(self):
+        """The order of the channels inside a cluster (see cluster_order)."""
+        return self.cluster_order or ("reference" if self.bit_mode == "reference" else "stable")
+
+    @property
     def act_ranges(self):
         """The activation quantizers' ranges: "static" (calibrated), "dynamic" per group, or "token"."""
         ranges = _granularity(self).ranges
@@ -309,7 +328,7 @@ class QuantConfig:
             parts.append({"token": "dynamic ranges per token", "dynamic": "dynamic ranges",
                           "static": f"{self.metric} ranges"}[self.act_ranges])
             parts += _granularity(self).mode_words
-        parts.append(f"reorder {self.points or 'none'}")
+        parts.append(f"reorder {self.points or 'none'}" + (f" ({self.order} order)" if self.points else ""))
         return f"({', '.join(parts)})"
 
 
@@ -401,6 +420,21 @@ def defaults(cls=RunConfig):
     return {name: default for name, _, default in options(cls)}
 
 
+def recorded_before(name):
+    """The value of a setting in a record made before the setting existed (its default, unless declared)."""
+    field_ = next((f for f in fields(RunConfig) if f.name == name), None)
+    if field_ is None or "option" not in field_.metadata:
+        return None
+    opt = option_of(field_)
+    return opt.before if opt.before is not None else field_.default
+
+
+def idle(config):
+    """The settings that change nothing in this run (its figures are the same whatever their values), in their
+    declaration order."""
+    return [name for name, opt, _ in options(RunConfig) if opt.needed and not opt.needed(config)]
+
+
 def check_values(config):
     """Refuse, with one line, a value no run can use: a choice that is not one, a number out of range, a bad budget.
     Quick and without heavy imports but for the registries' names: a command line is checked before the model loads."""
@@ -437,14 +471,14 @@ def check(config, given=None, saved_label=None):
                           "later)", option="save")
     if config.tasks and not config.task_names():
         raise ConfigError("{tasks}: no task names given", option="tasks")
-    idle = [name for name, opt, _ in options(RunConfig) if name in given and opt.needed and not opt.needed(config)]
-    contradictions = [name for name in idle if option_of(_field(name)).contradiction]
+    unused = [name for name in idle(config) if name in given]
+    contradictions = [name for name in unused if option_of(_field(name)).contradiction]
     if contradictions:
         names = ", ".join("{%s}" % name for name in contradictions)
         raise ConfigError(f"{names} needs quantized activations, but this run has none ({words}): drop it or set "
                           "{abits} below 16", option=contradictions[0], **data)
     notes = []
-    for name in idle:
+    for name in unused:
         because = option_of(_field(name)).idle_because
         notes.append(Message("{%s} changes nothing in this run (%s%s): ignored" % (
             name, words, f", {because}" if because else ""), option=name, **data))

@@ -143,7 +143,8 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, device, timings):
         timings["calibration"] += time.perf_counter() - t
         t = time.perf_counter()  # (b)
         dtype = kmeans_dtype(layer)
-        index_of = {p.name: cluster_point(p, cfg.point_clusters(p.name), stats, hessians, dtype) for p in points}
+        index_of = {p.name: cluster_point(p, cfg.point_clusters(p.name), stats, hessians, dtype, cfg.order, device)
+                    for p in points}
         timings["clustering"] += time.perf_counter() - t
     else:
         index_of = {p.name: granularity.groups(p, cfg.point_clusters(p.name)) for p in points}
@@ -189,12 +190,14 @@ def kmeans_dtype(layer):
     return np.float32 if next(layer.parameters()).dtype == torch.float32 else np.float64
 
 
-def cluster_point(point, k, stats, hessians, dtype=np.float32):
+def cluster_point(point, k, stats, hessians, dtype=np.float32, order="stable", device="cpu"):
     """Cluster a point's channels into k per head and reorder them (in the weights, the recorded statistics and
-    the GPTQ Hessian of its consumers' input); returns the cluster id of each channel in its final order."""
+    the GPTQ Hessian of its consumers' input); returns the cluster id of each channel in its final order. order,
+    device: the order of the channels inside a cluster and where it is computed (rptq.cluster.cluster_order)."""
     if k == 1:
         return torch.zeros(point.channels, dtype=torch.long)
-    perm, sizes = cluster_channels(clustering_features(point, stats), k, point.heads, point.name, dtype)
+    perm, sizes = cluster_channels(clustering_features(point, stats), k, point.heads, point.name, dtype, order,
+                                   str(device))
     index = cluster_index(sizes)  # in the new order
     if not point.folds:
         return index[torch.argsort(perm)]  # the same clusters, channels left in place

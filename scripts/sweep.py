@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rptq.base import RPTQError, check_folder, check_file, write_text
 from rptq.cli import OneLineParser, UsageError, build_parser as main_parser, flag, given_flags, guarded, render
-from rptq.config import RunConfig, defaults
+from rptq.config import RunConfig, idle, recorded_before
 from rptq.report import PAPER_DIR, TITLES, load_paper, model_name, render as render_table
 from rptq.tasks import PAPER_TASKS
 
@@ -122,16 +122,17 @@ def read_result(path):
         raise SweepError(f"{render(e)}; move it away or use another --out") from None
 
 
-def resume_action(path, settings, data):
+def resume_action(path, cfg, settings, data):
     """skip a complete run, rerun an interrupted one; a JSON made with other flags or from other data stops the
-    sweep, since one folder must hold one protocol. A setting newer than the JSON counts as its default there."""
+    sweep, since one folder must hold one protocol. Settings that change nothing in the run are not compared; one
+    newer than the JSON counts as what records made before it were made with."""
     saved = read_result(path)
     if saved is None:
         return "run"
-    before, unset = saved.settings, defaults()
-    changed = [f"{k} {before.get(k, unset.get(k))!r} there, {settings.get(k)!r} now"
-               for k in sorted((before.keys() | settings.keys()) - WHERE_SETTINGS)
-               if before.get(k, unset.get(k)) != settings.get(k)]
+    before = saved.settings
+    compared = sorted((before.keys() | settings.keys()) - WHERE_SETTINGS - set(idle(cfg)))
+    changed = [f"{k} {before.get(k, recorded_before(k))!r} there, {settings.get(k)!r} now"
+               for k in compared if before.get(k, recorded_before(k)) != settings.get(k)]
     if changed:
         raise SweepError(f"{path} was made with other main.py flags ({'; '.join(changed)}); use another --out "
                          "for these flags")
@@ -182,9 +183,9 @@ def plan_runs(model, runs, evaluation, extra, out_dir):
         own = {**evaluation, **values, "output_path": str(path)}
         try:
             notes = check(RunConfig(model=model, **own, **extra_values), set(own) | set(extra_values))
-            idle = {note.option for note in notes} & set(extra_values)
-            idle_everywhere &= idle
-            chosen = {**own, **{k: v for k, v in extra_values.items() if k not in idle}}
+            dropped = {note.option for note in notes} & set(extra_values)
+            idle_everywhere &= dropped
+            chosen = {**own, **{k: v for k, v in extra_values.items() if k not in dropped}}
             cfg = RunConfig(model=model, **chosen)
             device, dtype = resolve_device(cfg.device, cfg.dtype)
             data = data_of(cfg)
@@ -193,7 +194,8 @@ def plan_runs(model, runs, evaluation, extra, out_dir):
         except RPTQError as e:
             raise SweepError(f"{name}: {render(e)}") from None
         settings = cfg.settings(device, dtype_name(dtype))
-        plans.append(Run(name, main_argv(model, chosen), path, sorted(idle), resume_action(path, settings, data)))
+        plans.append(Run(name, main_argv(model, chosen), path, sorted(dropped),
+                         resume_action(path, cfg, settings, data)))
     if idle_everywhere:
         raise SweepError(f"-- {' '.join(flag(f) for f in sorted(idle_everywhere))} would change nothing in any "
                          f"of {', '.join(runs)}: drop it")

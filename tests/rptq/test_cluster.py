@@ -79,3 +79,30 @@ def test_kmeans_works_in_the_references_precision(monkeypatch):
     cluster_channels(torch.randn(32, 4), 3, dtype=kmeans_dtype(torch.nn.Linear(2, 2).half()))
     assert seen == [np.float32, np.float32, np.float64]
     assert kmeans_dtype(torch.nn.Linear(2, 2)) == np.float32
+
+
+def test_reference_order_inside_clusters_is_the_references_argsort_stable_is_ascending():
+    """The reference orders each cluster by torch.argsort of K-means' int32 labels, not stable: beyond 16 channels not
+    ascending on the CPU either (torch 2.13), but the same labels give the same permutation."""
+    from rptq.cluster import cluster_order
+
+    labels = np.random.default_rng(0).integers(0, 32, 256).astype(np.int32)
+    ref, stable = cluster_order(labels, "reference"), cluster_order(labels, "stable")
+    assert torch.equal(ref, torch.argsort(torch.from_numpy(labels)))  # their call, bit for bit
+    assert torch.equal(cluster_order(labels.astype(np.int64), "reference"), ref)  # and deterministic
+    assert torch.equal(torch.from_numpy(labels)[ref], torch.from_numpy(labels)[stable])  # the same clusters, in place
+    assert all(bool((stable[labels[stable] == c].diff() > 0).all()) for c in range(32))
+    assert not all(bool((ref[labels[ref] == c].diff() > 0).all()) for c in range(32))
+
+
+def test_cluster_channels_follows_the_order_per_head():
+    features = torch.randn(128, 2, generator=torch.Generator().manual_seed(3))
+    ref, ref_sizes = cluster_channels(features, 4, heads=2, order="reference")
+    stable, sizes = cluster_channels(features, 4, heads=2, order="stable")
+    assert ref_sizes == sizes and not torch.equal(ref, stable)
+    for h in range(2):  # heads stay contiguous, and each cluster holds the same channels
+        assert sorted(ref[h * 64:(h + 1) * 64].tolist()) == list(range(h * 64, (h + 1) * 64))
+    start = 0
+    for n in sizes:
+        assert set(ref[start:start + n].tolist()) == set(stable[start:start + n].tolist())
+        start += n

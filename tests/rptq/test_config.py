@@ -64,7 +64,7 @@ def test_settings_become_the_pipeline_settings():
         "W3A4", "15", 8, 4, 4)
     assert cfg.describe()["clusters"] == {"R1": 32, "R2": 1, "R3": 1, "R4": 1, "R5": 8}
     assert cfg.mode_line() == "(paper grid, gptq weights per cluster, strict activation bits, ema_minmax ranges, " \
-                              "reorder 15)"
+                              "reorder 15 (stable order))"
     assert cfg.quantizes and not RunConfig(model="m", eval_ppl=True).quantizes
     assert QuantConfig.from_description(cfg.describe()).describe() == cfg.describe()  # a saved model's settings
 
@@ -122,3 +122,15 @@ def test_placement_flags_that_change_nothing_get_a_note():
 def test_library_notes_count_settings_that_differ_from_their_defaults():
     notes = config.check(RunConfig(model="m", eval_ppl=True, nsamples=64))
     assert [str(n) for n in notes] == ["nsamples changes nothing in this run (wbits 16 abits 16): ignored"]
+
+
+def test_the_order_inside_clusters_follows_the_bit_mode_unless_given():
+    assert (QuantConfig().order, QuantConfig(bit_mode="strict").order) == ("reference", "stable")
+    assert QuantConfig(cluster_order="stable").order == "stable"  # how rows made before it existed reproduce
+    assert QuantConfig(wbits=4).describe()["cluster_order"] == "reference"
+    assert check("--eval_ppl", "--wbits", "4", "--cluster_order", "stable") == []  # GPTQ walks clusters in it
+    assert check("--eval_ppl", "--cluster_order", "stable") == [
+        "--cluster_order changes nothing in this run (--wbits 16 --abits 16): ignored"]
+    assert check("--eval_ppl", "--wbits", "4", "--a_granularity", "fixed", "--cluster_order", "stable")[0].startswith(
+        "--cluster_order changes nothing")  # no K-means, no order
+    assert config.recorded_before("cluster_order") == "stable" and config.recorded_before("nsamples") == 128

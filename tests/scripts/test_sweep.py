@@ -175,3 +175,63 @@ def test_data_differences_are_named_in_a_few_words():
     assert sweep.data_difference([entry], [{**entry, "sha256": "b" * 64}]) == \
         "ptb eval ptb/ptb.valid.txt: sha256 aaaaaaaaaaaa there, bbbbbbbbbbbb now"
     assert sweep.data_difference([], [entry]) == "ptb eval ptb/ptb.valid.txt: absent there, used now"
+
+
+def _nlls(folder, names):
+    return {n: json.loads((folder / f"{n}.json").read_text())["ppl"]["wikitext2"]["nlls"] for n in names}
+
+
+def test_jobs_in_parallel_and_slurm_array_tasks_give_the_figures_of_one_job(tiny_opt_dir, data_dir, tmp_path, capsys):
+    """4 settings with --jobs 2 and the same 4 with --jobs 1, one thread each: the same figures; then a SLURM array
+    script for the settings missing from a third folder, its tasks run here with SLURM_ARRAY_TASK_ID set, fills it
+    with the same figures too, and the sweep then renders it."""
+    import os
+    import shutil
+
+    names = ["FP16", "W4A4", "W4A4KV", "W16A4"]
+
+    def argv(out, *own):
+        return [str(tiny_opt_dir), "--table", "ppl", "--settings", ",".join(names), "--out", str(out), *own, "--",
+                "--nsamples", "2", "--seqlen", "64", "--limit", "2", "--ppl_datasets", "wikitext2",
+                "--R1_clusters", "4", "--R4_clusters", "4", "--R5_clusters", "8", "--data_dir", str(data_dir),
+                "--cache_dir", str(tmp_path / "cache")]
+
+    assert sweep.main(argv(tmp_path / "one", "--jobs", "1", "--threads", "1")) == 0
+    assert sweep.main(argv(tmp_path / "two", "--jobs", "2", "--threads", "1")) == 0
+    out = capsys.readouterr().out
+    assert "output in" in out and sorted(p.name for p in (tmp_path / "two").glob("*.log")) == sorted(
+        f"{n}.log" for n in names)
+    one = _nlls(tmp_path / "one", names)
+    assert _nlls(tmp_path / "two", names) == one
+    assert {json.loads((tmp_path / "two" / f"{n}.json").read_text())["versions"]["torch_threads"]
+            for n in names} == {1}
+
+    third = tmp_path / "array"
+    third.mkdir()
+    for n in names[:2]:
+        shutil.copy(tmp_path / "one" / f"{n}.json", third)
+    script = tmp_path / "sweep.sbatch"
+    assert sweep.main(argv(third, "--threads", "1", "--slurm", str(script), "--slurm_option=--mem=4G")) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-1" in text and "#SBATCH --mem=4G" in text and "W4A4KV.json" in text
+    for task in range(2):
+        proc = subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (third / f"{names[2 + task]}.log").read_text()[-2000:]
+    assert _nlls(third, names) == one
+    assert sweep.main(argv(third)) == 0  # every setting complete: nothing runs, the table is rendered
+    assert capsys.readouterr().out.count(": skipped, complete in") == 4
+
+
+def test_print_commands_gives_one_self_contained_command_per_missing_setting(tmp_path, capsys, fake_main,
+                                                                            monkeypatch, data_dir):
+    monkeypatch.setenv("RPTQ_DATA_DIR", str(data_dir))
+    calls = []
+    assert sweep.main(sweep_argv(tmp_path, "--limit", "2", settings="FP16"), fake_main(calls)) == 0
+    capsys.readouterr()
+    assert sweep.main([*sweep_argv(tmp_path, "--limit", "2", settings="FP16,W4A4")[:7], "--print-commands",
+                       "--threads", "3", "--", "--limit", "2"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()  # FP16 is complete: only W4A4 is printed
+    assert line.startswith(f"cd {Path.cwd()} && RPTQ_DATA_DIR={data_dir} OMP_NUM_THREADS=3 ")
+    assert line.endswith(f"main.py {MODEL} --eval_ppl --wbits 4 --abits 4 --output_path {tmp_path}/W4A4.json "
+                         "--limit 2")
