@@ -6,7 +6,7 @@ import os
 import sys
 
 from rptq.cli import build_parser, given_flags, guarded, note
-from rptq.config import RunConfig, check_values
+from rptq.config import RunConfig, check_paths, check_values
 
 
 def print_record(record):
@@ -41,6 +41,7 @@ def main(argv=None, prog=None):
 
     def body():
         check_values(config)  # before the heavy imports below
+        check_paths(config)
         from rptq.api import Run
 
         running.append(Run(config, given_flags(argv), log=lambda message: note(prog, message)))

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rptq.cli import FolderPath
+
 ROOT = Path(__file__).resolve().parents[1]
 OPT_2_7B_WIDTH = ["--hidden", "2560", "--heads", "32", "--ffn", "10240"]
 GIB = 2 ** 30
@@ -32,7 +34,7 @@ def run(script, *args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--folder", default=str(ROOT / "out" / "opt-2.7b-random"))
+    p.add_argument("--folder", type=FolderPath, default=str(ROOT / "out" / "opt-2.7b-random"))
     p.add_argument("--layers", type=int, default=32, help="decoder layers of a checkpoint made here")
     p.add_argument("--nsamples", type=int, default=2)
     p.add_argument("--seqlen", type=int, default=512)

@@ -21,8 +21,8 @@ import datautils
 from models import WeightStore, empty_model, load_config, load_lazily, load_model, weights_source
 
 from . import artifact, memory, placement
-from .base import Message, check_file, check_folder
-from .config import FLOAT_BITS, ConfigError, QuantConfig, RunConfig, check
+from .base import Message, check_file
+from .config import FLOAT_BITS, ConfigError, QuantConfig, RunConfig, check, check_paths
 from .evaluate import perplexity as window_perplexity
 from .evaluate import zero_shot
 from .pipeline import check_clusters, quantize_model
@@ -156,10 +156,9 @@ class Run:
         quantizes = cfg.quantizes and manifest is None
         datautils.check_sources(cfg.ppl_sets() if cfg.eval_ppl else (), cfg.calib_dataset if quantizes else None,
                                 data_dir)
+        check_paths(cfg)
         if cfg.save:
             artifact.prepare_folder(cfg.save)  # before calibration, so that a long run is not lost to a bad folder
-        if cfg.offload_folder is not None:
-            check_folder(cfg.offload_folder, "offload_folder")
 
         # everything that can fail is checked before the model loads: its config, task names and files, the output
         model_config, adapter = artifact.architecture(manifest) if manifest else load_config(cfg.model)

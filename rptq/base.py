@@ -189,31 +189,37 @@ def _probe_leaving_nothing(folder):
                 made.rmdir()
 
 
-def check_file(path, option):
+def _subject(option, what):
+    """How a path check's line starts: the setting that names the path ({option}), or what the path is."""
+    return "{%s} {path}" % option if option else f"{what} {{path}}"
+
+
+def check_file(path, option=None, what="the file"):
     """Refuse now, with one line, a file that could not be written when its contents are ready: a path that is a
-    folder, a parent that is a file, a folder that cannot be made or written (permission, read-only filesystem)."""
+    folder, a parent that is a file, a folder that cannot be made or written (permission, read-only filesystem).
+    option: the setting that names it (else `what` says what it is)."""
     path = pathlib.Path(path)
     if path.is_dir():
-        raise PathError("{%s} {path} is a folder, not a file: give a file name" % option, option=option,
+        raise PathError(_subject(option, what) + " is a folder, not a file: give a file name", option=option,
                         path=str(path))
     try:
         _probe_leaving_nothing(path.parent)
     except OSError as e:
-        raise PathError("{%s} {path} cannot be written ({reason}): choose another place" % option, option=option,
-                        path=str(path), reason=_reason(e)) from None
+        raise PathError(_subject(option, what) + " cannot be written ({reason}): choose another place",
+                        option=option, path=str(path), reason=_reason(e)) from None
 
 
-def check_folder(path, option):
+def check_folder(path, option=None, what="the folder"):
     """Refuse now, with one line, a folder a run could not make or write into (see check_file)."""
     path = pathlib.Path(path)
     if path.exists() and not path.is_dir():
-        raise PathError("{%s} {path} is a file, not a folder: give a folder" % option, option=option,
+        raise PathError(_subject(option, what) + " is a file, not a folder: give a folder", option=option,
                         path=str(path))
     try:
         _probe_leaving_nothing(path)
     except OSError as e:
-        raise PathError("{%s} {path} cannot be written ({reason}): choose another place" % option, option=option,
-                        path=str(path), reason=_reason(e)) from None
+        raise PathError(_subject(option, what) + " cannot be written ({reason}): choose another place",
+                        option=option, path=str(path), reason=_reason(e)) from None
 
 
 # ---- the Hugging Face hub: clients retry for minutes when it cannot be reached, so callers ask first ----

@@ -8,8 +8,33 @@ import contextlib
 import sys
 import typing
 
-from .base import Message, RPTQError
+from .base import Message, RPTQError, check_file, check_folder
 from .config import GROUPS, RunConfig, options
+
+
+class FilePath(str):
+    """A file a command writes (an argparse type): check_paths checks it before any slow work."""
+
+
+class FolderPath(str):
+    """A folder a command writes into (an argparse type), checked as FilePath is."""
+
+
+class OutputPath(str):
+    """A .json file, or a folder that gets one (main.py's --output_path)."""
+
+
+PATH_TYPES = {"file": FilePath, "folder": FolderPath, "output": OutputPath}
+
+
+def check_paths(args):
+    """Every path a script's arguments name (FilePath, FolderPath or OutputPath values), checked now: one line for a
+    file where a folder is expected or the reverse, no permission, a read-only filesystem."""
+    for name, value in vars(args).items():
+        if isinstance(value, FilePath) or (isinstance(value, OutputPath) and value.endswith(".json")):
+            check_file(value, name)
+        elif isinstance(value, (FolderPath, OutputPath)):
+            check_folder(value, name)
 
 
 class UsageError(RPTQError):
@@ -56,7 +81,7 @@ def build_parser(prog="main.py", description=None):
         if name == "model":
             p.add_argument("model", help=help_text)
             continue
-        kind = _parse_type(annotations[name])
+        kind = PATH_TYPES.get(opt.path) or _parse_type(annotations[name])
         kw = {"action": "store_true"} if kind is bool else {"type": kind, "choices": opt.choices,
                                                             "metavar": opt.metavar}
         groups[opt.group].add_argument(flag(name), default=default, help=help_text, **kw)
@@ -98,9 +123,15 @@ def guarded(prog, body, interrupted="finished results are kept"):
 
 
 def script_main(prog, build_parser, run, argv=None):
-    """A script's main(): parse argv with build_parser(), then run(args) under guarded()."""
+    """A script's main(): parse argv with build_parser(), check the paths it will write, then run(args), all under
+    guarded()."""
     args = build_parser().parse_args(argv)
-    return guarded(prog, lambda: run(args))
+
+    def body():
+        check_paths(args)
+        return run(args)
+
+    return guarded(prog, body)
 
 
 def note(prog, message):

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
-from .base import Message, RPTQError
+from .base import Message, RPTQError, cache_root, check_file, check_folder
 
 FLOAT_BITS = 16  # bits >= 16 mean floating point: no quantizer
 POINTS = ("R1", "R2", "R3", "R4", "R5")
@@ -68,6 +68,8 @@ class Option:
     recorded: bool = True              # in describe() under its own name
     metavar: str | None = None
     before: object = None              # the value that records made before the setting existed were made with
+    path: str | None = None            # a place the run writes: "file", "folder", or "output" (a .json file or a
+    #                                    folder), checked before anything slow
 
 
 def option(default, help, group, **kw):
@@ -367,12 +369,13 @@ class RunConfig(QuantConfig):
                                figures=True)
     data_dir: str | None = option(None, "local data folder laid out like shared/offline-data (unset: "
                                   "$RPTQ_DATA_DIR, else the Hugging Face hub)", R)
-    cache_dir: str | None = option(None, "tokenized-data cache (unset: $RPTQ_CACHE_DIR or ~/.cache/rptq)", R)
+    cache_dir: str | None = option(None, "tokenized-data cache (unset: $RPTQ_CACHE_DIR or ~/.cache/rptq)", R,
+                                   path="folder")
     output_path: str | None = option("out", "JSON results: a .json file, or a folder that gets "
-                                     "MODEL_LABEL_SETTINGSHASH.json", R)
+                                     "MODEL_LABEL_SETTINGSHASH.json", R, path="output")
     save: str | None = option(None, "after calibration, write the quantized model (packed weights, quantizer "
                               "parameters, tokenizer) into DIR, a new or empty folder; main.py DIR loads it", R,
-                              metavar="DIR")
+                              metavar="DIR", path="folder")
     device_map: str | None = option(None, "evaluate with the model spread by accelerate over GPUs, CPU memory and "
                                     "{offload_folder}, each decoder layer whole on one device (balanced: even over "
                                     "the GPUs, auto: the same; sequential: fill GPU 0 first); the model is then "
@@ -386,7 +389,7 @@ class RunConfig(QuantConfig):
                                         "folder, and let {device_map} put layers there; a fresh subfolder per run, "
                                         "removed at the end", R,
                                         needed=lambda c: c.quantizes or c.device_map is not None,
-                                        idle_because="no {device_map}")
+                                        idle_because="no {device_map}", path="folder")
 
     @property
     def quantizes(self):
@@ -446,6 +449,25 @@ def check_values(config):
         problem = opt.check(value) if opt.check and value is not None else None
         if problem:
             raise ConfigError("{%s} {problem}, got {value!r}" % name, option=name, problem=problem, value=value)
+
+
+CACHE_FOLDER = "the cache folder ($RPTQ_CACHE_DIR or ~/.cache/rptq)"
+
+
+def check_paths(config):
+    """Every place the run will write (its declared path settings, and the cache folder of tokenized windows and
+    converted models), checked now with one line for one that cannot take it: a file where a folder is expected or
+    the reverse, no permission, a read-only filesystem. Quick and without heavy imports."""
+    unused = set(idle(config))
+    for name, opt, _ in options(RunConfig):
+        value = getattr(config, name)
+        if opt.path is None or value is None or name in unused:
+            continue
+        if opt.path == "file" or (opt.path == "output" and str(value).endswith(".json")):
+            check_file(value, name)
+        else:
+            check_folder(value, name)
+    check_folder(cache_root(), what=CACHE_FOLDER)
 
 
 def check(config, given=None, saved_label=None):

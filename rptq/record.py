@@ -3,6 +3,7 @@ One JSON per run, rewritten atomically after each finished stage."""
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -15,6 +16,28 @@ RUNNING, COMPLETE = "running", "complete"
 
 class RecordError(RPTQError):
     """A file that should be a run record is not one."""
+
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def ppl_interval(nlls):
+    """(standard error of the mean window NLL, 95% interval of the perplexity, exp(mean NLL +- 1.96 SE)); None for
+    fewer than two windows. Windows of one text are not independent samples, so this is a guide, not a guarantee."""
+    n = len(nlls)
+    if n < 2:
+        return None, None
+    mean = sum(nlls) / n
+    sem = math.sqrt(sum((x - mean) ** 2 for x in nlls) / (n - 1) / n)
+    return sem, [math.exp(mean - Z95 * sem), math.exp(mean + Z95 * sem)]
+
+
+def paired_ratio(nlls, base_nlls):
+    """(perplexity over a baseline's on the same windows, its 95% interval): exp(mean per-window NLL difference).
+    What makes a window hard is common to both runs and cancels, so this interval is far tighter than the two
+    perplexities' intervals side by side; None for the interval with fewer than two windows."""
+    diffs = [a - b for a, b in zip(nlls, base_nlls, strict=True)]
+    return math.exp(sum(diffs) / len(diffs)), ppl_interval(diffs)[1]
 
 
 @dataclass(kw_only=True)

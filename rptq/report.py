@@ -3,9 +3,7 @@ import csv
 import io
 from pathlib import Path
 
-import datautils
-
-from .evaluate import Z95, paired_ratio
+from .record import Z95, paired_ratio
 from .tasks import PAPER_TASKS
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "paper"
@@ -123,7 +121,9 @@ def ppl_cells(records, paper):
     for record in records.values():
         for label in (record.ppl if record else {}):
             labels.setdefault(dataset_base(label), label)
-    columns = ordered(list(labels), datautils.EVAL_SETS)
+    from datautils import EVAL_SETS
+
+    columns = ordered(list(labels), EVAL_SETS)
     header, cells = [], {name: [] for name in records}
     for col in columns:
         header.append(labels.get(col, col))
@@ -152,7 +152,9 @@ def ratio_table(records):
     base = records.get(BASELINE)
     if not base or not base.complete:
         return None
-    sets = ordered(list(base.ppl), [label for s in datautils.EVAL_SETS for label in (s, f"{s}-proxy")])
+    from datautils import EVAL_SETS
+
+    sets = ordered(list(base.ppl), [label for s in EVAL_SETS for label in (s, f"{s}-proxy")])
     rows = []
     for name, record in records.items():
         if name == BASELINE or not record or not record.complete:

@@ -19,7 +19,7 @@ import torch
 import datautils
 from models import model_names
 from rptq.base import atomic_write, check_file
-from rptq.cli import OneLineParser, UsageError, script_main
+from rptq.cli import FilePath, OneLineParser, UsageError, script_main
 
 PROG = "channel_ranges.py"
 
@@ -61,7 +61,7 @@ def build_parser():
     p.add_argument("--data_dir", default=None,
                    help="local data folder laid out like shared/offline-data (else $RPTQ_DATA_DIR, else the hub)")
     p.add_argument("--cache_dir", default=None, help="tokenized-data cache (default $RPTQ_CACHE_DIR or ~/.cache/rptq)")
-    p.add_argument("--output", default=None,
+    p.add_argument("--output", type=FilePath, default=None,
                    help="PNG path (default results/figures/MODEL_channel_ranges.png); the CSV goes beside it")
     return p
 

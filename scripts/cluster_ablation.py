@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import datautils
-from rptq.cli import OneLineParser, guarded
+from rptq.cli import FolderPath, OneLineParser, check_paths, guarded
 from rptq.config import DEFAULT_CLUSTERS
 from rptq.base import atomic_write, check_folder, write_text
 from rptq.report import csv_text, dataset_base, model_name, summarize
@@ -116,7 +116,7 @@ def build_parser():
     p.add_argument("--points", default=POINTS, help="reorder points, one line each (default: %(default)s)")
     p.add_argument("--dataset", choices=datautils.EVAL_SETS, default="wikitext2",
                    help="perplexity set (default: %(default)s)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=FolderPath, default=None,
                    help="result folder (default: out/cluster_ablation/MODELNAME/DATASET)")
     p.add_argument("--render-only", action="store_true", help="only write the CSV and plot from the JSONs in DIR")
     return p
@@ -127,6 +127,7 @@ def main(argv=None, runner=None):
     args = build_parser().parse_args(own)
 
     def body():
+        check_paths(args)
         clusters, points = cluster_list(args.clusters), point_list(args.points)
         out_dir = Path(args.out or Path("out") / "cluster_ablation" / model_name(args.model) / args.dataset)
         check_folder(out_dir, "out")

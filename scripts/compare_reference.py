@@ -237,11 +237,11 @@ def dump_layers(model, window):
 # Our side and the orchestration: the project's environment
 
 def build_parser():
-    from rptq.cli import OneLineParser
+    from rptq.cli import FolderPath, OneLineParser
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("work", help="work folder: model, windows, both sides' results")
+    p.add_argument("work", type=FolderPath, help="work folder: model, windows, both sides' results")
     p.add_argument("--ref_repo", help="checkout of their RPTQ4LLM (needed unless --reuse_theirs finds all results)")
     p.add_argument("--ref_python", help="python of an environment with transformers 4.28 for their side")
     p.add_argument("--settings", default=",".join(TABLE1), help=f"comma list from {', '.join(SETTINGS)}")

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from models import load_tokenizer
-from rptq.cli import OneLineParser, UsageError, script_main
+from rptq.cli import FolderPath, OneLineParser, UsageError, script_main
 from rptq.base import check_file
 
 PROG = "make_random_opt.py"
@@ -21,7 +21,7 @@ PROG = "make_random_opt.py"
 
 def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("folder")
+    p.add_argument("folder", type=FolderPath)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rptq.cli import OneLineParser, UsageError, script_main
+from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, script_main
 from rptq.base import atomic_write
 from scripts import memory_table
 
@@ -211,9 +211,9 @@ def build_parser():
     p.add_argument("--seqlen", default="2048,256", help="prefill tokens per sequence, one per model")
     p.add_argument("--batch", type=int, default=1, help="sequences prefilled at once")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
-    p.add_argument("--work", type=Path, default=Path("out/memory"), help="saved models (kept and reused)")
-    p.add_argument("--output", type=Path, default=None, help="CSV, written atomically")
-    p.add_argument("--plot", type=Path, default=None, help="PNG of stacked bars")
+    p.add_argument("--work", type=FolderPath, default="out/memory", help="saved models (kept and reused)")
+    p.add_argument("--output", type=FilePath, default=None, help="CSV, written atomically")
+    p.add_argument("--plot", type=FilePath, default=None, help="PNG of stacked bars")
     return p
 
 

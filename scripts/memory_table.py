@@ -32,7 +32,7 @@ from pathlib import Path
 
 from models import ModelShape
 from rptq.base import RPTQError, atomic_write
-from rptq.cli import OneLineParser
+from rptq.cli import FilePath, OneLineParser
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table3_memory_paper.csv"
 PAPER_SETTINGS = ("W16A16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
@@ -208,7 +208,7 @@ def build_parser():
     p.add_argument("--kvbits", type=int, help="K/V cache bits (default: --abits)")
     p.add_argument("--batch", type=positive_ints, help=f"comma list (default {PAPER_BATCHES})")
     p.add_argument("--seqlen", type=positive_ints, help=f"comma list (default {PAPER_SEQLENS})")
-    p.add_argument("--output", type=Path, help="write the CSV here (atomically) instead of stdout")
+    p.add_argument("--output", type=FilePath, help="write the CSV here (atomically) instead of stdout")
     return p
 
 

@@ -14,7 +14,7 @@ import sys
 import datautils
 from models import model_names
 from rptq.base import check_file, write_text
-from rptq.cli import OneLineParser, UsageError, script_main
+from rptq.cli import FilePath, OneLineParser, UsageError, script_main
 from rptq.config import DTYPES
 
 PROG = "prob_grid.py"
@@ -32,7 +32,7 @@ def build_parser():
     p.add_argument("--dtype", default=None, choices=DTYPES)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--cache_dir", default=None)
-    p.add_argument("--output", default=None, help="JSON file, written atomically")
+    p.add_argument("--output", type=FilePath, default=None, help="JSON file, written atomically")
     return p
 
 

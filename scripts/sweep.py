@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rptq.base import RPTQError, check_folder, check_file, write_text
-from rptq.cli import OneLineParser, UsageError, build_parser as main_parser, flag, given_flags, guarded, render
+from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, build_parser as main_parser, check_paths
+from rptq.cli import flag, given_flags, guarded, render
 from rptq.config import RunConfig, idle, recorded_before
 from rptq.report import PAPER_DIR, TITLES, load_paper, model_name, render as render_table
 from rptq.tasks import PAPER_TASKS
@@ -394,9 +395,10 @@ def build_parser():
     p.add_argument("--settings", default=",".join(PAPER_ROWS),
                    help=f"comma list from {', '.join(SETTINGS)} (default: the paper's rows, %(default)s)")
     p.add_argument("--tasks", default=None, help=f"--table zeroshot only (default: {','.join(PAPER_TASKS)})")
-    p.add_argument("--out", default=None, help="result folder (default: out/sweep/MODELNAME/TABLE)")
+    p.add_argument("--out", type=FolderPath, default=None, help="result folder (default: out/sweep/MODELNAME/TABLE)")
     p.add_argument("--paper_dir", default=None, help=f"the paper's CSV files (default: {PAPER_DIR})")
-    p.add_argument("--markdown", default=None, help="where the rendered table goes (default: DIR/table.md)")
+    p.add_argument("--markdown", type=FilePath, default=None,
+                   help="where the rendered table goes (default: DIR/table.md)")
     p.add_argument("--render-only", action="store_true", help="only render the table from the JSONs in DIR")
     p.add_argument("--jobs", type=int, default=1,
                    help="settings run at once, each main.py's output in DIR/SETTING.log (default: 1)")
@@ -405,7 +407,7 @@ def build_parser():
                         "the records name it, and the same count gives the same figures whatever --jobs is")
     p.add_argument("--print-commands", action="store_true",
                    help="print one self-contained shell command per setting not complete yet, and run nothing")
-    p.add_argument("--slurm", default=None, metavar="FILE",
+    p.add_argument("--slurm", type=FilePath, default=None, metavar="FILE",
                    help="write a SLURM array script (one task per setting not complete yet, each task's log beside "
                         "its JSON) to FILE and run nothing; submit it with sbatch, then --render-only")
     p.add_argument("--slurm_option", action="append", default=[], metavar="OPTION",

@@ -30,8 +30,9 @@ def test_uncached_hub_model_fails_fast_offline(run_cli, one_line_error, tmp_path
         proc = run_cli("main.py", *args, env=env)
         return proc, time.monotonic() - start
 
-    # Measured against a refusal that never looks for the model, so a busy machine's slow imports cancel out.
-    _, startup = seconds("opt-125m", "--wbits", "0")
+    # Measured against a refusal after the same imports that never looks for the model (a missing data folder), so a
+    # busy machine's slow imports cancel out.
+    _, startup = seconds("opt-125m", "--eval_ppl", "--data_dir", str(tmp_path / "none"))
     proc, offline = seconds("opt-125m", "--eval_ppl", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     one_line_error(proc, "pass a local model folder")
     assert offline - startup < 15

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import rptq.tasks
-from rptq.evaluate import perplexity, ppl_interval, zero_shot
+from rptq.evaluate import perplexity, zero_shot
+from rptq.record import ppl_interval
 from rptq.tasks import LOCAL_TASKS, plan_tasks
 
 
