@@ -1,11 +1,16 @@
-"""Decoding speed of the packed W4A4KV SmolLM2 with the low-bit K/V cache over the float model with the standard
-cache, on the same prompt and the same number of new tokens. The last line printed is the ratio of tokens/s.
+"""Decoding speed of a saved SmolLM2 setting, its packed Linears run by each kernel asked for, with the low-bit K/V
+cache where the setting quantizes K and V, over the float model with the standard cache, on the same prompt and the
+same number of new tokens. The last line printed is the ratio of tokens/s of the last kernel listed (by default the
+fused one).
 
-Both run in the device's default dtype (float32 on the CPU, where float16 matrix products are slower, float16 on
-CUDA), alternately, and the best of --repeats is kept for each. The packed model dequantizes every weight at every
-step, in plain PyTorch: this measures that cost, not a fused low-bit kernel's.
+All run in the device's default dtype (float32 on the CPU, where float16 matrix products are slower, float16 on
+CUDA), one after the other within each repeat, and the best of --repeats is kept for each. Kernels
+(quantize/packed.py): "exact" dequantizes every weight at every step and gives the fake-quantized model's logits bit
+for bit; "fused" (CPU only) reads the codes in a compiled float32 kernel, "int4" runs torch's int4 kernel (bfloat16
+activations and scales); both round differently from "exact".
 
-    python bench/decode.py [--setting W4A4KV] [--prompt_tokens 256] [--new_tokens 32] [--repeats 3] [--device cpu]
+    python bench/decode.py [--setting W4A4KV] [--kernels exact,int4,fused] [--prompt_tokens 256] [--new_tokens 32]
+                           [--repeats 3] [--device cpu]
 """
 import argparse
 from pathlib import Path
@@ -13,8 +18,9 @@ from pathlib import Path
 import torch
 
 from models import load_model
+from quantize.packed import KERNELS, use_kernel
 from rptq import artifact
-from rptq.cli import dtype_name, pick_device
+from rptq.placement import dtype_name, resolve_device as pick_device
 from rptq.generate import greedy, new_cache
 from scripts.measure_memory import saved_model
 
@@ -29,34 +35,43 @@ def tokens_per_second(model, adapter, ids, new_tokens):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", default="W4A4KV")
+    p.add_argument("--kernels", default="exact,int4,fused", help=f"comma list of {', '.join(KERNELS)}")
     p.add_argument("--prompt_tokens", type=int, default=256)
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default=None)
     p.add_argument("--work", type=Path, default=Path("out/memory"))
     args = p.parse_args()
+    kernels = args.kernels.split(",")
+    if not kernels or any(k not in KERNELS for k in kernels):
+        p.error(f"--kernels takes a comma list of {', '.join(KERNELS)}")
 
     device, dtype = pick_device(args.device)
+    device = torch.device(device)
     folder = saved_model(MODEL, args.setting, args.work / MODEL / args.setting)
     float_model, tokenizer, float_adapter = load_model(MODEL, dtype)
-    packed, _, packed_adapter, _ = artifact.load(folder, dtype)
-    float_model.to(device)
-    packed.to(device)
+    runs = {"float": (float_model.to(device), float_adapter)}
+    for kernel in kernels:
+        packed, _, adapter, _ = artifact.load(folder, dtype)
+        use_kernel(packed.to(device), kernel)  # after the move: the int4 layout is the device's own
+        runs[kernel] = (packed, adapter)
     ids = torch.randint(0, len(tokenizer), (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
-    runs = {"float": (float_model, float_adapter), "packed": (packed, packed_adapter)}
     for model, adapter in runs.values():
         tokens_per_second(model, adapter, ids, 2)  # warm-up
     best = dict.fromkeys(runs, 0.0)
-    for _ in range(args.repeats):  # alternate so that machine noise hits both alike
+    for _ in range(args.repeats):  # alternate so that machine noise hits all alike
         for name, (model, adapter) in runs.items():
             best[name] = max(best[name], tokens_per_second(model, adapter, ids, args.new_tokens))
-    print(f"float {dtype_name(dtype)}, standard cache      {best['float']:7.2f} tokens/s")
-    print(f"packed {args.setting}, low-bit cache  {best['packed']:7.2f} tokens/s "
-          f"({packed.config._attn_implementation} attention)")
-    ratio = best["packed"] / best["float"]
-    print(f"decode tokens/s ratio (packed {args.setting} + low-bit cache / float + standard cache, {MODEL}, "
-          f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, {device}): {ratio:.3f}")
+    cache = type(new_cache(*runs[kernels[0]])).__name__
+    where = f"{device}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+    print(f"float {dtype_name(dtype)}, standard cache: {best['float']:.2f} tokens/s ({where})")
+    for kernel in kernels:
+        print(f"packed {args.setting}, {kernel} kernel, {cache}: {best[kernel]:.2f} tokens/s, "
+              f"{best[kernel] / best['float']:.3f}x float")
+    print(f"decode tokens/s ratio (packed {args.setting} {kernels[-1]} kernel, {cache} / float, standard cache, "
+          f"{MODEL}, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, {where}): "
+          f"{best[kernels[-1]] / best['float']:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ parameters and buffers of each loaded model plus its K/V cache after prefilling 
 the packed model, the standard float16 cache for FP16). The last line printed is the ratio.
 
 The packed model is saved once by scripts/measure_memory.py's recipe (round-to-nearest weights, one random
-calibration window: bytes depend on shapes only) into --work, and reused.
+calibration window: bytes depend on shapes only) into --work, and reused. Its Linears are run by --kernel
+(quantize/packed.py): "fused" holds the weights in its own layout instead of the packed buffers, "int4" adds its
+layout to them. A line before the ratio gives the bits per quantized weight that each part takes.
 
-    python bench/packed_memory.py [--setting W4A4KV] [--prompt_tokens 2048] [--work out/memory]
+    python bench/packed_memory.py [--setting W4A4KV] [--kernel exact] [--prompt_tokens 2048] [--work out/memory]
 """
 import argparse
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 
 from models import load_model
+from quantize.packed import KERNELS, PackedLinear
 from rptq import artifact
 from scripts.measure_memory import kv_bytes, saved_model, weight_bytes
 
@@ -25,24 +28,43 @@ def resident_bytes(model, adapter, prompt_tokens):
     return sum(weight_bytes(model, adapter).values()), sum(kv_bytes(model, adapter, 1, prompt_tokens))
 
 
+def bits_per_weight(model):
+    """{what: bits per quantized weight} over the PackedLinears: each of their packed buffers (codes, scale, zero,
+    groups), and a faster kernel's layout (the fused one replaces the packed buffers; int4 adds to them)."""
+    linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    weights = sum(m.in_features * m.out_features for m in linears)
+    per_weight = {}
+    for linear in linears:
+        for name, tensor in linear.named_buffers(recurse=False):
+            per_weight[name] = per_weight.get(name, 0) + 8 * tensor.nbytes / weights
+        if linear.kernel is not None:
+            layout = sum(t.nbytes for t in linear.kernel.buffers())
+            per_weight["kernel layout"] = per_weight.get("kernel layout", 0) + 8 * layout / weights
+    return per_weight
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", default="W4A4KV")
+    p.add_argument("--kernel", default="exact", choices=KERNELS)
     p.add_argument("--prompt_tokens", type=int, default=2048)
     p.add_argument("--work", type=Path, default=Path("out/memory"))
     args = p.parse_args()
 
     folder = saved_model(MODEL, args.setting, args.work / MODEL / args.setting)
     fp16, _, fp16_adapter = load_model(MODEL, torch.float16)
-    packed, _, packed_adapter, _ = artifact.load(folder, torch.float16)
+    packed, _, packed_adapter, _ = artifact.load(folder, torch.float16, args.kernel)
     sizes = {"FP16": resident_bytes(fp16, fp16_adapter, args.prompt_tokens),
              f"packed {args.setting}": resident_bytes(packed, packed_adapter, args.prompt_tokens)}
     for name, (weights, kv) in sizes.items():
         print(f"{name:16s} weights {weights / MIB:8.1f} MiB  K/V {kv / MIB:7.1f} MiB  "
               f"total {(weights + kv) / MIB:8.1f} MiB")
+    bits = bits_per_weight(packed)
+    print(f"bits per quantized weight, {sum(bits.values()):.3f} in all: "
+          + ", ".join(f"{name} {value:.3f}" for name, value in bits.items()))
     (fw, fkv), (pw, pkv) = sizes.values()
-    print(f"resident memory ratio (packed {args.setting} / FP16, {MODEL}, {args.prompt_tokens}-token prompt): "
-          f"{(pw + pkv) / (fw + fkv):.3f}")
+    print(f"resident memory ratio (packed {args.setting}, {args.kernel} kernel / FP16, {MODEL}, "
+          f"{args.prompt_tokens}-token prompt): {(pw + pkv) / (fw + fkv):.3f}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ Each layer keeps the codes of every cached token as uint8 [batch, tokens, bytes 
 packed head-major (the order of a k_proj/v_proj output, in which the grids were calibrated). The sequence stays on
 dim -2, so the inherited DynamicLayer bookkeeping (length, masks, crop, beam reorder) works on the codes as they are.
 Codes decode to exactly what the fake-quantized forward computes: (q - zero) * scale in float32, then the dtype.
+Attention needs every cached token at every step, so all are decoded each time (holding them decoded would undo the
+memory saving): codes unpacked straight to float32, then two passes, with the grid expanded per channel once.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .pack import pack_codes, packed_size, unpack_codes
-from .packed import INDEX_DTYPE
-from .quantizer import ActQuantizer, dequantize, qrange, quantize
+from .packed import EXACT_INTEGERS, INDEX_DTYPE
+from .quantizer import ActQuantizer, qrange, quantize
 
 
 @dataclass
@@ -30,8 +33,18 @@ class KVGrid:
         if quantizer.ranges != "static" or not quantizer.calibrated:
             raise ValueError("a low-bit cache stores codes on calibrated static grids; this quantizer's ranges are "
                              f"{quantizer.ranges}")
+        scale, zero = quantizer.cluster_qparams()
+        if zero.abs().max() > EXACT_INTEGERS:
+            raise ValueError("a K/V zero point is beyond the integers float32 holds exactly")
         # the saved format's index dtype: half the bytes of the quantizer's int64, still an index for gathers
-        return cls(quantizer.bits, quantizer.index.to(INDEX_DTYPE), *quantizer.cluster_qparams())
+        return cls(quantizer.bits, quantizer.index.to(INDEX_DTYPE), scale, zero)
+
+    @classmethod
+    def joined(cls, first, second):
+        """One grid for the channels of `first` followed by those of `second` (the same bits)."""
+        assert first.bits == second.bits, "a joined grid has one bit width"
+        return cls(first.bits, torch.cat([first.index, second.index + len(first.scale)]),
+                   torch.cat([first.scale, second.scale]), torch.cat([first.zero, second.zero]))
 
     @property
     def channels(self):
@@ -43,26 +56,39 @@ class KVGrid:
     def nbytes(self):
         return sum(t.nbytes for t in (self.index, self.scale, self.zero))
 
-    def encode(self, x):
-        """x [b, heads, t, d] -> uint8 [b, t, packed_size(heads * d, bits)]."""
-        flat = x.transpose(1, 2).flatten(2).float()
-        q = quantize(flat, self.scale[self.index], self.zero[self.index], self.bits)
-        return pack_codes((q - qrange(self.bits)[0]).to(torch.uint8), self.bits)
+    @cached_property
+    def per_channel(self):
+        """(scale, zero, qmin - zero) [C]: the grid of each channel, kept (a few floats per channel), so that no
+        step gathers it again. code + (qmin - zero) is exact in float32 (integers below EXACT_INTEGERS)."""
+        scale, zero = self.scale[self.index], self.zero[self.index]
+        return scale, zero, qrange(self.bits)[0] - zero
 
-    def decode(self, codes, heads, dtype):
-        """uint8 [b, t, bytes] -> [b, heads, t, d] in dtype."""
-        q = unpack_codes(codes, self.bits, self.channels).float() + qrange(self.bits)[0]
-        x = dequantize(q, self.scale[self.index], self.zero[self.index]).to(dtype)
-        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+    def encode(self, x):
+        """x [b, t, C] -> uint8 [b, t, packed_size(C, bits)]."""
+        scale, zero, _ = self.per_channel
+        return pack_codes(quantize(x.float(), scale, zero, self.bits) - qrange(self.bits)[0], self.bits)
+
+    def decode(self, codes, dtype):
+        """uint8 [b, t, bytes] -> [b, t, C] in dtype: (code + qmin - zero) * scale."""
+        scale, _, offset = self.per_channel
+        return unpack_codes(codes, self.bits, self.channels, torch.float32).add_(offset).mul_(scale).to(dtype)
+
+
+def _heads_last(states):
+    """[b, heads, t, d] -> [b, t, heads * d], the order of a k_proj/v_proj output."""
+    return states.transpose(1, 2).flatten(2)
 
 
 class PackedKVLayer(DynamicLayer):
     """One decoder layer's K and V as packed codes; update() stores the new tokens' codes and returns every cached
-    token dequantized, as attention expects."""
+    token dequantized, as attention expects. Where K and V have the same bits and K's codes end on a whole byte,
+    they are quantized and decoded together (joint: one grid over both), which halves the small operations a step
+    costs; the codes are the same."""
 
     def __init__(self, key_grid: KVGrid, value_grid: KVGrid):
         super().__init__()
         self.key_grid, self.value_grid = key_grid, value_grid
+        self.joint = None
 
     def lazy_initialization(self, key_states, value_states):
         batch, self.heads = key_states.shape[:2]
@@ -72,18 +98,31 @@ class PackedKVLayer(DynamicLayer):
                 raise ValueError(f"the cache's {name} grid has {grid.channels} channels, the model's {name} "
                                  f"{states.shape[1] * states.shape[3]}")
         self.key_grid, self.value_grid = self.key_grid.to(self.device), self.value_grid.to(self.device)
+        self.split = [packed_size(grid.channels, grid.bits) for grid in (self.key_grid, self.value_grid)]
+        if self.key_grid.bits == self.value_grid.bits and self.key_grid.channels * self.key_grid.bits % 8 == 0:
+            self.joint = KVGrid.joined(self.key_grid, self.value_grid)
         # uint8 from the start: torch.cat with the float empty tensor of DynamicLayer would promote the codes
-        self.keys, self.values = (torch.empty(batch, 0, packed_size(grid.channels, grid.bits), dtype=torch.uint8,
-                                              device=self.device) for grid in (self.key_grid, self.value_grid))
+        self.keys, self.values = (torch.empty(batch, 0, size, dtype=torch.uint8, device=self.device)
+                                  for size in self.split)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.keys = torch.cat([self.keys, self.key_grid.encode(key_states)], dim=-2)
-        self.values = torch.cat([self.values, self.value_grid.encode(value_states)], dim=-2)
-        return (self.key_grid.decode(self.keys, self.heads, self.dtype),
-                self.value_grid.decode(self.values, self.heads, self.dtype))
+        grids = (self.key_grid, self.value_grid)
+        flat = [_heads_last(states) for states in (key_states, value_states)]
+        if self.joint is None:
+            new = [grid.encode(x) for grid, x in zip(grids, flat)]
+        else:
+            new = self.joint.encode(torch.cat(flat, -1)).split(self.split, -1)
+        self.keys = torch.cat([self.keys, new[0]], dim=-2)
+        self.values = torch.cat([self.values, new[1]], dim=-2)
+        if self.joint is None:
+            decoded = [grid.decode(codes, self.dtype) for grid, codes in zip(grids, (self.keys, self.values))]
+        else:
+            decoded = self.joint.decode(torch.cat([self.keys, self.values], -1), self.dtype).split(
+                [grid.channels for grid in grids], -1)
+        return tuple(x.unflatten(-1, (self.heads, -1)).transpose(1, 2) for x in decoded)
 
 
 class PackedKVCache(Cache):
@@ -94,11 +133,13 @@ class PackedKVCache(Cache):
 
 
 def cache_nbytes(cache):
-    """Bytes a cache holds: K and V (codes for a packed cache, floats otherwise) and a packed cache's grids."""
+    """Bytes a cache holds: K and V (codes for a packed cache, floats otherwise) and a packed cache's grids (a
+    joint one included). The grids expanded per channel for decoding (3 floats a channel) are not counted."""
     total = 0
     for layer in cache.layers:
         if layer.is_initialized:
             total += layer.keys.nbytes + layer.values.nbytes
         if isinstance(layer, PackedKVLayer):
-            total += layer.key_grid.nbytes() + layer.value_grid.nbytes()
+            total += sum(grid.nbytes() for grid in (layer.key_grid, layer.value_grid, layer.joint)
+                         if grid is not None)
     return total

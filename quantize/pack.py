@@ -21,17 +21,20 @@ def _check_bits(bits):
 
 
 def pack_codes(codes, bits):
-    """codes: uint8 [..., n], each below 2^bits -> uint8 [..., packed_size(n, bits)]."""
+    """codes: [..., n], whole numbers below 2^bits, uint8 or floating point (as a quantizer leaves them) -> uint8
+    [..., packed_size(n, bits)]."""
     _check_bits(bits)
-    assert codes.dtype == torch.uint8, "codes are uint8"
+    assert codes.dtype == torch.uint8 or codes.is_floating_point(), "codes are uint8 or floats"
     n = codes.shape[-1]
     if bits == MAX_BITS:
-        return codes.clone()
-    if MAX_BITS % bits == 0:  # whole codes per byte: stay in uint8
+        return codes.to(torch.uint8, copy=True)
+    if MAX_BITS % bits == 0:  # whole codes per byte: disjoint bits, so code i times 2^(i * bits), summed, fits
         per_byte = MAX_BITS // bits
-        shifts = torch.arange(0, MAX_BITS, bits, dtype=torch.uint8, device=codes.device)
-        grouped = F.pad(codes, (0, -n % per_byte)).unflatten(-1, (-1, per_byte))
-        return (grouped << shifts).sum(-1, dtype=torch.uint8)  # disjoint bits: the sum is an OR
+        grouped = (F.pad(codes, (0, -n % per_byte)) if n % per_byte else codes).unflatten(-1, (-1, per_byte))
+        packed = grouped[..., 0]
+        for i in range(1, per_byte):
+            packed = torch.add(packed, grouped[..., i], alpha=2 ** (i * bits))
+        return packed.to(torch.uint8)
     # 8 codes fill exactly `bits` bytes: join them into one integer (at most 56 bits), then cut it into bytes
     grouped = F.pad(codes, (0, -n % 8)).unflatten(-1, (-1, 8)).long()
     words = (grouped << torch.arange(0, 8 * bits, bits, device=codes.device)).sum(-1, keepdim=True)
@@ -39,19 +42,25 @@ def pack_codes(codes, bits):
     return packed.flatten(-2)[..., :packed_size(n, bits)].to(torch.uint8)
 
 
-def unpack_codes(packed, bits, count):
-    """The inverse of pack_codes: uint8 [..., packed_size(count, bits)] -> uint8 [..., count]."""
+def unpack_codes(packed, bits, count, dtype=torch.uint8):
+    """The inverse of pack_codes: uint8 [..., packed_size(count, bits)] -> [..., count] in dtype (float32 straight
+    from the bytes saves a pass over the codes where they are to be dequantized)."""
     _check_bits(bits)
     assert packed.dtype == torch.uint8, "packed codes are uint8"
     size = packed_size(count, bits)
     assert packed.shape[-1] == size, f"{count} codes of {bits} bits take {size} bytes"
     if bits == MAX_BITS:
-        return packed.clone()
+        return packed.to(dtype, copy=True)
     mask = 2 ** bits - 1
-    if MAX_BITS % bits == 0:
-        shifts = torch.arange(0, MAX_BITS, bits, dtype=torch.uint8, device=packed.device)
-        return ((packed.unsqueeze(-1) >> shifts) & mask).flatten(-2)[..., :count]
+    if MAX_BITS % bits == 0:  # one shift by a number per code of a byte, written in place: no stack, no cast
+        per_byte = MAX_BITS // bits
+        codes = packed.new_empty(*packed.shape, per_byte, dtype=dtype)
+        codes[..., 0] = packed & mask
+        for i in range(1, per_byte - 1):
+            codes[..., i] = (packed >> (i * bits)) & mask
+        codes[..., -1] = packed >> (MAX_BITS - bits)  # the last code needs no mask
+        return codes.flatten(-2)[..., :count]
     padded = F.pad(packed, (0, -packed.shape[-1] % bits)).unflatten(-1, (-1, bits)).long()
     words = (padded << torch.arange(0, 8 * bits, 8, device=packed.device)).sum(-1, keepdim=True)
     codes = (words >> torch.arange(0, 8 * bits, bits, device=packed.device)) & mask
-    return codes.flatten(-2)[..., :count].to(torch.uint8)
+    return codes.flatten(-2)[..., :count].to(dtype)

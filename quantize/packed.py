@@ -1,5 +1,14 @@
 """Quantized weights as integer codes: the grid a weight quantizer chose, and a Linear that keeps its weight
-bit-packed and dequantizes it each time it runs.
+bit-packed and runs it by one of three kernels (use_kernel):
+
+- "exact", the default: the codes are dequantized, (q - zero) * scale in float32 rounded once to the input's dtype,
+  then F.linear: the outputs of the fake-quantized Linear it replaces, bit for bit.
+- "fused" (quantize/fused.py, CPU): a compiled kernel reads the codes from a layout built once, in as many bytes,
+  and never builds the weight; float32 throughout, it differs from "exact" by the order of float32 sums.
+- "int4" (quantize/int4.py): torch's int4 matrix kernel (its CPU port, or tinygemm on CUDA) from a layout built
+  once, padded; bfloat16 scales, activations and outputs, so it rounds differently.
+The last two run inputs of a few rows (decoding) and are asked for by name; longer inputs (a prompt, an evaluation
+window) still run the exact kernel, which gives the same weight from either layout.
 
 A fake-quantized weight is (q - zero) * scale exactly (the product rounded once, to the weight's dtype), so the
 integer codes q are recovered from it without loss; WeightGrid.codes checks that they are, rather than pack what
@@ -13,25 +22,41 @@ from torch import nn
 
 from rptq.base import RPTQError
 
+from .fused import FusedKernel
+from .int4 import Int4Kernel
 from .pack import pack_codes, packed_size, unpack_codes
 from .quantizer import dequantize, qrange, quantize
 
 # Zero points are integers, unclamped: with the reference's 1e-4 scale floor a one-channel group holding 3.3 needs
-# -33,000, beyond int16 (SmolLM2 has such weights), so int32.
+# -33,000, beyond int16 (SmolLM2 has such weights). Each weight's zeros take the narrowest type that holds them all.
+ZERO_DTYPES = (torch.int8, torch.int16, torch.int32)
 ZERO_DTYPE = torch.int32
 INDEX_DTYPE = torch.int32
+# code + (qmin - zero) is computed in float32: exact, and equal to (code + qmin) - zero, for integers below 2^24
+EXACT_INTEGERS = 2 ** 24 - 2 ** 8
+KERNELS = ("exact", "fused", "int4")
+KERNEL_CLASSES = {"fused": FusedKernel, "int4": Int4Kernel}
 
 
 class GridError(RPTQError):
     """A weight that should sit on its quantization grid does not: its codes would not give it back."""
 
 
-def stored_zero(zero):
-    """Zero points as they are stored (ZERO_DTYPE); GridError for one that type cannot hold, rather than wrap it."""
-    stored = zero.to(ZERO_DTYPE)
+def stored_zero(zero, dtype=ZERO_DTYPE):
+    """Zero points as they are stored (in dtype); GridError for one that type cannot hold, rather than wrap it."""
+    stored = zero.to(dtype)
     if not torch.equal(stored.to(zero.dtype), zero):
-        raise GridError(f"a zero point ({zero.abs().max().item():.3g}) is beyond {ZERO_DTYPE}")
+        raise GridError(f"a zero point ({zero.abs().max().item():.3g}) is beyond {dtype}")
     return stored
+
+
+def compact_zero(zero):
+    """Zero points in the narrowest of ZERO_DTYPES holding every one of them; GridError beyond EXACT_INTEGERS."""
+    low, high = (zero.min().item(), zero.max().item()) if zero.numel() else (0, 0)
+    if max(-low, high) > EXACT_INTEGERS:
+        raise GridError(f"a zero point ({max(-low, high):.3g}) is beyond the integers float32 holds exactly")
+    dtype = next(t for t in ZERO_DTYPES if torch.iinfo(t).min <= low and high <= torch.iinfo(t).max)
+    return stored_zero(zero, dtype)
 
 
 @dataclass
@@ -74,27 +99,31 @@ class WeightGrid:
 
 class PackedLinear(nn.Module):
     """A Linear whose weight is held as densely packed `bits`-bit codes with one float32 scale and one integer zero
-    per output row and column group; forward dequantizes the codes, then runs F.linear, so its outputs are those of
-    the fake-quantized Linear it replaces."""
+    (int8, int16 or int32: zero_dtype) per output row and column group, run by the exact kernel, and by another
+    one for short inputs once set_kernel() chose it."""
 
-    def __init__(self, in_features, out_features, bits, n_groups, bias=True, dtype=None):
+    def __init__(self, in_features, out_features, bits, n_groups, bias=True, dtype=None, zero_dtype=ZERO_DTYPE):
         super().__init__()
+        if zero_dtype not in ZERO_DTYPES:
+            raise ValueError(f"zero points are stored as one of {ZERO_DTYPES}, not {zero_dtype}")
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
         self.register_buffer("codes", torch.zeros(packed_size(in_features * out_features, bits), dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features, n_groups))
-        self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=ZERO_DTYPE))
+        self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=zero_dtype))
         self.register_buffer("groups", torch.zeros(in_features, dtype=INDEX_DTYPE))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self.kernel = None  # the module of the kernel set_kernel() chose
 
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, grid: WeightGrid):
         weight = linear.weight.detach().cpu()
+        zero = compact_zero(grid.zero)
         packed = cls(linear.in_features, linear.out_features, grid.bits, grid.scale.shape[1],
-                     linear.bias is not None, weight.dtype)
+                     linear.bias is not None, weight.dtype, zero.dtype)
         packed.codes.copy_(pack_codes(grid.codes(weight).flatten(), grid.bits))
         packed.scale.copy_(grid.scale)
-        packed.zero.copy_(stored_zero(grid.zero))
+        packed.zero.copy_(zero)
         packed.groups.copy_(grid.groups)
         if linear.bias is not None:
             packed.bias.copy_(linear.bias.detach())
@@ -103,14 +132,52 @@ class PackedLinear(nn.Module):
     def weight_grid(self):
         return WeightGrid(self.bits, self.groups.long(), self.scale, self.zero.float())
 
+    def unpacked_codes(self, dtype=torch.uint8):
+        """[rows, cols] in dtype, 0 .. 2^bits - 1."""
+        codes = unpack_codes(self.codes, self.bits, self.out_features * self.in_features, dtype)
+        return codes.view(self.out_features, -1)
+
     def dequantized_weight(self, dtype):
-        codes = unpack_codes(self.codes, self.bits, self.out_features * self.in_features)
-        q = codes.view(self.out_features, self.in_features).float() + qrange(self.bits)[0]
-        return dequantize(q, self.scale[:, self.groups], self.zero.float()[:, self.groups]).to(dtype)
+        """[rows, cols] in dtype: (code + (qmin - zero)) * scale in float32, the integer sum exact (compact_zero),
+        so the same single rounding as the quantizer's (q - zero) * scale."""
+        if self.codes is None:  # released for the fused kernel's layout, which gives the same weight
+            return self.kernel.dequantized_weight(dtype)
+        offset = qrange(self.bits)[0] - self.zero.float()
+        weight = self.unpacked_codes(torch.float32).add_(offset.index_select(1, self.groups))
+        return weight.mul_(self.scale.index_select(1, self.groups)).to(dtype)
+
+    @torch.no_grad()
+    def set_kernel(self, name):
+        """From now on, run inputs of at most the kernel's max_rows rows by kernel `name` ("fused" or "int4"), built
+        for the device the buffers are on, in place: hooks and submodules stay. The fused layout replaces the
+        packed buffers (it gives the same weight); the int4 one cannot, so they stay beside it."""
+        kernel = KERNEL_CLASSES[name]
+        assert self.kernel is None and self.bits <= kernel.max_bits, f"one kernel, for at most {kernel.max_bits} bits"
+        self.kernel = kernel(self.unpacked_codes(), self.groups, self.scale, self.zero, self.bits)
+        if name == "fused":
+            for buffer in ("codes", "scale", "zero", "groups"):
+                setattr(self, buffer, None)
 
     def forward(self, x):
-        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        if self.kernel is None or x.numel() > self.kernel.max_rows * self.in_features:
+            return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        y = self.kernel(x)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"groups={self.scale.shape[1]}, bias={self.bias is not None}")
+                f"bias={self.bias is not None}")
+
+
+def use_kernel(model, kernel):
+    """Run the model's PackedLinears by `kernel` (KERNELS), in place: "exact" leaves them as they are; "fused" and
+    "int4" go to those of at most 4 bits that have no other kernel yet (wider ones stay exact), built for the
+    device they are on, so move the model first. Returns how many have a kernel other than the exact one."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel '{kernel}' (choose from {', '.join(KERNELS)})")
+    linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    if kernel != "exact":
+        for linear in linears:
+            if linear.kernel is None and linear.bits <= KERNEL_CLASSES[kernel].max_bits:
+                linear.set_kernel(kernel)
+    return sum(linear.kernel is not None for linear in linears)

@@ -17,7 +17,7 @@ from torch import nn
 
 from models import adapter_for
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
-from quantize.packed import INDEX_DTYPE, stored_zero
+from quantize.packed import INDEX_DTYPE, ZERO_DTYPE, ZERO_DTYPES, stored_zero, use_kernel
 
 from .base import RPTQError, atomic_path, atomic_write, check_folder, file_sha256
 from .reorder import attach_norm_perm
@@ -209,17 +209,21 @@ def _tensor(tensors, name, shape=None):
     return tensor
 
 
-def _pack_linears(model, manifest, dtype):
+def _pack_linears(model, manifest, tensors, dtype):
     for name, spec in manifest["packed_linears"].items():
         linear = _submodule(model, name, "packed Linear")
         if not isinstance(linear, nn.Linear) or (linear.in_features, linear.out_features) != (
                 spec["in_features"], spec["out_features"]):
             raise ArtifactError(f"{MANIFEST}: {name} is not a {spec['in_features']} -> {spec['out_features']} "
                                 "Linear in this model")
+        zero = tensors.get(f"{name}.zero")  # a missing one is reported with the rest of the state
+        zero_dtype = ZERO_DTYPE if zero is None else zero.dtype
+        if zero_dtype not in ZERO_DTYPES:
+            raise ArtifactError(f"{TENSORS}: {name}.zero is {zero_dtype}, not one of {ZERO_DTYPES}")
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child,
                 PackedLinear(spec["in_features"], spec["out_features"], spec["bits"], spec["groups"], spec["bias"],
-                             dtype))
+                             dtype, zero_dtype))
 
 
 def _reorder_norms(model, manifest, tensors):
@@ -274,10 +278,11 @@ def _attach_quantizers(model, adapter, manifest, tensors):
                             f"{adapter.family} model has no activation site")
 
 
-def load(path, dtype=torch.float32):
-    """(model, tokenizer, adapter, manifest) from a saved folder: quantized Linears stay packed, activation sites
-    get their saved quantizers; float tensors take `dtype`. ArtifactError for a folder that is not a complete,
-    intact saved model."""
+def load(path, dtype=torch.float32, kernel="exact"):
+    """(model, tokenizer, adapter, manifest) from a saved folder: quantized Linears stay packed, run by `kernel`
+    (quantize.packed.KERNELS: "fused" and "int4" decode faster and round differently), activation sites get their
+    saved quantizers; float tensors take `dtype`. ArtifactError for a folder that is not a complete, intact saved
+    model."""
     from transformers import AutoTokenizer
 
     folder = Path(path)
@@ -285,11 +290,12 @@ def load(path, dtype=torch.float32):
     tensors = read_tensors(folder, manifest)
     model = _build(manifest, dtype)
     adapter = adapter_for(model.config)
-    _pack_linears(model, manifest, dtype)
+    _pack_linears(model, manifest, tensors, dtype)
     _reorder_norms(model, manifest, tensors)
     _load_state(model, manifest, tensors)
     _attach_quantizers(model, adapter, manifest, tensors)
     model.set_attn_implementation(manifest["attn_implementation"])
+    use_kernel(model, kernel)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:

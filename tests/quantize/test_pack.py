@@ -15,6 +15,15 @@ def test_pack_then_unpack_gives_the_codes_back_in_dense_bytes(bits, count):
     assert torch.equal(unpack_codes(packed, bits, count), codes)
 
 
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_codes_pack_from_floats_and_unpack_straight_to_float(bits):
+    codes = torch.randint(0, 2 ** bits, (3, 21), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert torch.equal(pack_codes(codes.float(), bits), packed)
+    unpacked = unpack_codes(packed, bits, 21, torch.float32)
+    assert unpacked.dtype == torch.float32 and torch.equal(unpacked, codes.float())
+
+
 def test_each_row_packs_on_its_own():
     codes = torch.randint(0, 8, (5, 11), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     packed = pack_codes(codes, 3)

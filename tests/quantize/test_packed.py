@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from quantize import GPTQ, cluster_index, column_groups, quantize_rtn
-from quantize.packed import GridError, PackedLinear, WeightGrid
+from quantize.packed import EXACT_INTEGERS, GridError, PackedLinear, WeightGrid, compact_zero
 
 GROUPS = cluster_index([5, 9, 3])  # 17 input columns in 3 groups of uneven sizes
 
@@ -38,17 +38,38 @@ def test_gptq_with_act_order_gives_the_grid_of_each_column_group():
     assert torch.equal(PackedLinear.from_linear(linear, grid)(x), linear(x))
 
 
-@pytest.mark.parametrize("value", [5.0, -4.0, 0.7])
-def test_a_one_column_group_far_from_zero_keeps_its_weight(value):
+@pytest.mark.parametrize("value, zero_dtype", [(5.0, torch.int32), (-4.0, torch.int32), (0.7, torch.int16),
+                                               (0.001, torch.int8)])
+def test_a_one_column_group_far_from_zero_keeps_its_weight(value, zero_dtype):
     """A group of one column has a range of zero, so its scale is the 1e-4 floor and its zero point about
-    -value / 1e-4: -50,000 for 5.0, beyond int16 (SmolLM2 has weights beyond 3.3 in such groups)."""
+    -value / 1e-4: -50,000 for 5.0, beyond int16 (SmolLM2 has weights beyond 3.3 in such groups). Zeros take the
+    narrowest type that holds them."""
     linear = _linear()
     with torch.no_grad():
         linear.weight[:, 0] = value
     groups = cluster_index([1, 16])
     scale, zero = quantize_rtn(linear, groups, 4)
     packed = PackedLinear.from_linear(linear, WeightGrid.from_expanded(4, groups, scale, zero))
+    assert packed.zero.dtype == zero_dtype
     assert torch.equal(packed.dequantized_weight(torch.float32), linear.weight)
+    x = torch.randn(3, 17)
+    assert torch.equal(packed(x), linear(x))
+
+
+@pytest.mark.parametrize("low, high, dtype", [(-128, 127, torch.int8), (-129, 0, torch.int16), (0, 128, torch.int16),
+                                              (-32768, 32767, torch.int16), (0, 32768, torch.int32),
+                                              (-EXACT_INTEGERS, 0, torch.int32)])
+def test_zero_points_take_the_narrowest_type_that_holds_them(low, high, dtype):
+    zero = torch.tensor([[low, 0.0], [3.0, high]])
+    stored = compact_zero(zero)
+    assert stored.dtype == dtype and torch.equal(stored.float(), zero)
+
+
+def test_zero_points_beyond_exact_float32_integers_or_not_integers_are_refused():
+    with pytest.raises(GridError, match="float32 holds exactly"):
+        compact_zero(torch.tensor([[EXACT_INTEGERS + 1.0]]))
+    with pytest.raises(GridError, match="beyond torch.int8"):
+        compact_zero(torch.tensor([[0.5]]))
 
 
 def test_a_weight_off_its_grid_is_refused_not_packed():
