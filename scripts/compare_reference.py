@@ -484,6 +484,7 @@ def run(args):
     print(format_table(header, rows))
     print("d log-ppl: ours minus theirs (mean token NLL); vs FP: the same side's FP16 row")
     write_json(work / "results.json", {"meta": meta, "patches": patches, "their_weights": args.their_weights,
+                                       "cluster_order": args.cluster_order,
                                        "theirs": theirs, "ours": ours, "ours_their_clusters": forced})
     return 0
 
