@@ -20,8 +20,9 @@ import torch
 from models import load_model
 from quantize.packed import KERNELS, use_kernel
 from rptq import artifact
-from rptq.placement import dtype_name, resolve_device as pick_device
 from rptq.generate import greedy, new_cache
+from rptq.placement import dtype_name
+from rptq.placement import resolve_device as pick_device
 from scripts.measure_memory import saved_model
 
 MODEL = "smollm2-135m"

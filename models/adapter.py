@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from quantize.attention import ATTENTION_TENSORS, register_tensor_hook
+from quantize.state import TAPS, state_of
 from rptq.base import RPTQError
 
 
@@ -28,8 +28,8 @@ class ActSite:
 
     def register_hook(self, fn):
         """Call fn on the site's tensor at every forward; a non-None result replaces the tensor."""
-        if self.where in ATTENTION_TENSORS:
-            return register_tensor_hook(self.module, self.where, fn)
+        if self.where in TAPS:
+            return state_of(self.module, create=True).tap(self.where, fn)
         if self.where == "output":
             return self.module.register_forward_hook(lambda mod, args, out: fn(out))
 
@@ -38,14 +38,15 @@ class ActSite:
             return None if new is None else (new, *args[1:])
         return self.module.register_forward_pre_hook(pre_hook)
 
-    @property
-    def quantizer_name(self):
-        """The attribute of `module` that holds the site's quantizer once attached."""
-        return f"rptq_{self.where}_quant"
+    def quantizer(self):
+        """The site's quantizer once attached, else None."""
+        state = state_of(self.module)
+        return state.quantizers[self.where] if state is not None and self.where in state.quantizers else None
 
     def attach_quantizer(self, quantizer: nn.Module):
-        """Register the quantizer as a submodule (so it follows .to(device)) and quantize the site with it."""
-        setattr(self.module, self.quantizer_name, quantizer)
+        """Keep the quantizer in the module's state (so it follows .to(device) and is saved) and quantize the site
+        with it."""
+        state_of(self.module, create=True).quantizers[self.where] = quantizer
         return self.register_hook(quantizer)
 
 

@@ -7,8 +7,8 @@ import torch
 from rptq.base import hub_offline, hub_reachable
 
 from . import packaged
-from .packaged import quiet_loading
 from .adapter import FAMILIES, ModelError
+from .packaged import quiet_loading
 from .weights import WeightStore, checkpoint_files
 
 

@@ -2,8 +2,8 @@
 interface so the model's own attention modules stay untouched (no copy of their code).
 
 It also exposes the query and key as they reach attention (after any rotary embedding, keys as the KV cache
-holds them) to hooks registered with register_tensor_hook: that is where Llama-family Q/K are observed and
-quantized.
+holds them) to the taps of the attention module's state (quantize/state.py): that is where Llama-family Q/K are
+observed and quantized.
 
 Quantized probabilities must be materialized, so no fused kernel applies (and a fused kernel for the other cases
 would round differently, which K-means and GPTQ can amplify into other figures). To stay close to the speed of one,
@@ -15,30 +15,23 @@ heads reading their K/V head without copying it.
 Sliding windows reach attention through the mask alone: transformers builds each layer type's mask with the mask
 function registered below for this implementation, the window included.
 """
-from collections import OrderedDict
+import weakref
 
 import torch
-from torch.utils.hooks import RemovableHandle
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+from .state import state_of
+
 ATTN_IMPLEMENTATION = "rptq_eager"
 QUERY_BLOCK = 128  # a [heads, 128, keys] score block stays in cache; 256 stalls on memory
-ATTENTION_TENSORS = ("query", "key")
+_PLANS = {}  # id(mask) -> (tag, plan) while the mask lives: every layer of a type gets the same mask in one forward
 
 
-def register_tensor_hook(module, name, fn):
-    """fn(x [b, t, heads * d]) -> replacement or None, called on `name` ("query" or "key") of `module`."""
-    assert name in ATTENTION_TENSORS, f"attention tensors are {ATTENTION_TENSORS}"
-    hooks = module.__dict__.setdefault("rptq_tensor_hooks", {}).setdefault(name, OrderedDict())
-    handle = RemovableHandle(hooks)
-    hooks[handle.id] = fn
-    return handle
-
-
-def apply_tensor_hooks(module, name, x):
-    """x [b, heads, t, d]; the hooks see it head-major per token, like a projection's output [b, t, heads * d]."""
-    hooks = getattr(module, "rptq_tensor_hooks", {}).get(name)
+def apply_tensor_hooks(state, name, x):
+    """x [b, heads, t, d]; the state's taps see it head-major per token, like a projection's output
+    [b, t, heads * d]."""
+    hooks = state.taps[name] if state is not None else None
     if not hooks:
         return x
     b, h, t, d = x.shape
@@ -52,9 +45,9 @@ def apply_tensor_hooks(module, name, x):
 def block_plan(mask, t, keys):
     """Per block of query rows under an additive mask [b, 1, t, keys]: (r0, r1, k0, k1, first column the mask
     changes), the block's rows seeing no key outside [k0, k1). Every layer of a type gets the same mask object in one
-    forward, so the plan is made once and kept on it."""
+    forward, so the plan is made once per mask and kept while the mask lives."""
     tag = (QUERY_BLOCK, t, keys)
-    kept = getattr(mask, "rptq_block_plan", None)
+    kept = _PLANS.get(id(mask)) if mask is not None else None
     if kept is not None and kept[0] == tag:
         return kept[1]
     plan = []
@@ -69,7 +62,9 @@ def block_plan(mask, t, keys):
         masked = (rows[:, k0:k1] != 0).any(0).nonzero()
         plan.append((r0, r1, k0, k1, k0 + int(masked[0]) if len(masked) else k1))
     if mask is not None:
-        mask.rptq_block_plan = (tag, plan)
+        if id(mask) not in _PLANS:
+            weakref.finalize(mask, _PLANS.pop, id(mask), None)
+        _PLANS[id(mask)] = (tag, plan)
     return plan
 
 
@@ -104,9 +99,9 @@ def quantized_prob_attention(module, query, key, value, attention_mask, scaling,
                              sliding_window=None, **kwargs):
     """query [b, h, t, d], key/value [b, h_kv, s, d] -> output [b, t, h, d]; probabilities are not returned.
     sliding_window is already in attention_mask."""
-    query, key = apply_tensor_hooks(module, "query", query), apply_tensor_hooks(module, "key", key)
-    return blocked_attention(query, key, value, attention_mask, scaling, getattr(module, "rptq_prob_quant", None),
-                             softcap), None
+    state = state_of(module)
+    query, key = apply_tensor_hooks(state, "query", query), apply_tensor_hooks(state, "key", key)
+    return blocked_attention(query, key, value, attention_mask, scaling, state and state.prob_quant, softcap), None
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, quantized_prob_attention)

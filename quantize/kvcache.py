@@ -33,10 +33,9 @@ class KVGrid:
         if quantizer.ranges != "static" or not quantizer.calibrated:
             raise ValueError("a low-bit cache stores codes on calibrated static grids; this quantizer's ranges are "
                              f"{quantizer.ranges}")
-        scale, zero = quantizer.cluster_qparams()
+        scale, zero = quantizer.scale, quantizer.zero.float()
         if zero.abs().max() > EXACT_INTEGERS:
             raise ValueError("a K/V zero point is beyond the integers float32 holds exactly")
-        # the saved format's index dtype: half the bytes of the quantizer's int64, still an index for gathers
         return cls(quantizer.bits, quantizer.index.to(INDEX_DTYPE), scale, zero)
 
     @classmethod

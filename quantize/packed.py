@@ -102,13 +102,14 @@ class PackedLinear(nn.Module):
     (int8, int16 or int32: zero_dtype) per output row and column group, run by the exact kernel, and by another
     one for short inputs once set_kernel() chose it."""
 
-    def __init__(self, in_features, out_features, bits, n_groups, bias=True, dtype=None, zero_dtype=ZERO_DTYPE):
+    def __init__(self, in_features, out_features, bits, n_groups, bias=True, dtype=None, zero_dtype=ZERO_DTYPE,
+                 scale_dtype=torch.float32):
         super().__init__()
         if zero_dtype not in ZERO_DTYPES:
             raise ValueError(f"zero points are stored as one of {ZERO_DTYPES}, not {zero_dtype}")
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
         self.register_buffer("codes", torch.zeros(packed_size(in_features * out_features, bits), dtype=torch.uint8))
-        self.register_buffer("scale", torch.ones(out_features, n_groups))
+        self.register_buffer("scale", torch.ones(out_features, n_groups, dtype=scale_dtype))
         self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=zero_dtype))
         self.register_buffer("groups", torch.zeros(in_features, dtype=INDEX_DTYPE))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
@@ -116,11 +117,13 @@ class PackedLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, grid: WeightGrid):
+    def from_linear(cls, linear: nn.Linear, grid: WeightGrid, scale_dtype=torch.float32):
+        """The packed Linear of a fake-quantized one; scale_dtype float16 rounds the scales (the weight it then gives
+        back is within ~5e-4 of itself, no longer the same)."""
         weight = linear.weight.detach().cpu()
         zero = compact_zero(grid.zero)
         packed = cls(linear.in_features, linear.out_features, grid.bits, grid.scale.shape[1],
-                     linear.bias is not None, weight.dtype, zero.dtype)
+                     linear.bias is not None, weight.dtype, zero.dtype, scale_dtype)
         packed.codes.copy_(pack_codes(grid.codes(weight).flatten(), grid.bits))
         packed.scale.copy_(grid.scale)
         packed.zero.copy_(zero)

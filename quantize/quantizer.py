@@ -78,51 +78,55 @@ RANGES = ("static", "dynamic", "token")
 
 
 class ActQuantizer(nn.Module):
-    """Fake-quantizes the last dimension of an activation with one (scale, zero) per channel group.
+    """Fake-quantizes the last dimension of an activation with one (scale, zero) per channel group (cluster).
 
     ranges: "static": per group, calibrated through set_ranges(); "dynamic": per group, from each forward's own
     tensor (all its tokens); "token": per token over all channels, from each forward (no groups: index unused).
+    Its tensors are what a saved model keeps: index int32 [C] (the group of each channel; groups need not be
+    contiguous), and per group scale float32 [K] and zero int32 [K]; each forward gathers them per channel.
     """
 
-    def __init__(self, bits, index, grid="paper", ranges="static"):
-        """index [C]: group id (0..n-1) of each channel; groups need not be contiguous."""
+    def __init__(self, bits, channels, clusters, grid="paper", ranges="static"):
+        """An uncalibrated quantizer of `channels` channels in `clusters` groups (its index set by of() or loaded)."""
         super().__init__()
         assert ranges in RANGES, f"ranges is one of {RANGES}"
-        self.bits, self.grid, self.ranges = bits, grid, ranges
-        self.n_clusters = int(index.max()) + 1
-        self.register_buffer("index", index.clone())
-        self.register_buffer("scale", torch.ones(len(index)))
-        self.register_buffer("zero", torch.zeros(len(index)))
+        self.bits, self.grid, self.ranges, self.n_clusters = bits, grid, ranges, clusters
+        self.register_buffer("index", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("scale", torch.ones(clusters))
+        self.register_buffer("zero", torch.zeros(clusters, dtype=torch.int32))
         self.calibrated = ranges != "static"
+
+    @classmethod
+    def of(cls, bits, index, grid="paper", ranges="static"):
+        """index [C]: the group id (0..n-1) of each channel."""
+        quantizer = cls(bits, len(index), int(index.max()) + 1, grid, ranges)
+        quantizer.index.copy_(index)
+        return quantizer
 
     @torch.no_grad()
     def set_ranges(self, xmin, xmax):
-        """xmin, xmax: [n_clusters] ranges; stored expanded to one (scale, zero) per channel."""
+        """xmin, xmax: [n_clusters] ranges."""
         self.set_qparams(*choose_qparams(xmin, xmax, self.bits, self.grid))
 
     @torch.no_grad()
     def set_qparams(self, scale, zero):
-        """scale, zero: [n_clusters], as chosen by calibration (or read back from a saved model)."""
-        self.scale.copy_(scale.to(self.scale)[self.index])
-        self.zero.copy_(zero.to(self.zero)[self.index])
+        """scale, zero: [n_clusters], as chosen by calibration; zero holds integers."""
+        self.scale.copy_(scale)
+        self.zero.copy_(zero.round())
         self.calibrated = True
-
-    def cluster_qparams(self):
-        """(scale, zero) per cluster [n_clusters]: what set_qparams was given (every channel of a cluster holds it)."""
-        per_cluster = torch.zeros(self.n_clusters, device=self.scale.device)
-        return per_cluster.index_copy(0, self.index, self.scale), per_cluster.index_copy(0, self.index, self.zero)
 
     def forward(self, x):
         if self.ranges == "token":
             scale, zero = choose_qparams(x.amin(-1, keepdim=True), x.amax(-1, keepdim=True), self.bits, self.grid)
             return fake_quantize(x, scale, zero, self.bits)
+        index = self.index.long()
         if self.ranges == "dynamic":
-            lo, hi = cluster_minmax(x, self.index, self.n_clusters)
+            lo, hi = cluster_minmax(x, index, self.n_clusters)
             scale, zero = choose_qparams(lo, hi, self.bits, self.grid)
-            return fake_quantize(x, scale[self.index], zero[self.index], self.bits)
+            return fake_quantize(x, scale[index], zero[index], self.bits)
         if not self.calibrated:
             raise RuntimeError("static activation quantizer used before calibration")
-        return fake_quantize(x, self.scale, self.zero, self.bits)
+        return fake_quantize(x, self.scale[index], self.zero[index], self.bits)
 
     def extra_repr(self):
         groups = "per token" if self.ranges == "token" else f"clusters={self.n_clusters}"

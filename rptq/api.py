@@ -55,13 +55,15 @@ class Loaded:
         return QuantConfig.from_description(self.manifest["settings"]) if self.manifest else None
 
 
-def load(name, dtype="float32", lazy=False, offload_folder=None):
+def load(name, dtype="float32", lazy=False, offload_folder=None, kernel="exact"):
     """A float model (a registered name, a hub alias or a local folder) or a saved quantized folder, on the CPU in
     eval mode. lazy: build it empty and read each decoder layer from the checkpoint when its turn comes (float
-    models); offload_folder: where finished layers go (implies lazy)."""
+    models); offload_folder: where finished layers go (implies lazy). kernel: how a saved model's packed Linears
+    run inputs of a few tokens (decoding; quantize.packed.KERNELS): "exact" gives the in-memory model's numbers,
+    "fused" and "int4" decode faster and round differently."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if artifact.is_saved(name):  # packed weights: small enough to load whole
-        model, tokenizer, adapter, manifest = artifact.load(name, dtype)
+        model, tokenizer, adapter, manifest = artifact.load(name, dtype, kernel)
         return Loaded(model, tokenizer, adapter, WeightStore(model, folder=offload_folder),
                       artifact.weights_source(manifest, name), manifest)
     if lazy or offload_folder is not None:
@@ -84,11 +86,13 @@ def quantize(loaded, windows, quant: QuantConfig, device="cpu", progress=True):
     return quantize_model(loaded.model, loaded.adapter, windows, quant, device, progress, loaded.store)
 
 
-def save(loaded, folder, quant: QuantConfig, provenance=None):
-    """Write a quantized model (in CPU memory) into folder, new or empty: packed weights, the quantizers, the
-    tokenizer. provenance: where it came from (source model, calibration, versions), kept in its manifest."""
+def save(loaded, folder, quant: QuantConfig, provenance=None, save_dtype=None):
+    """Write a quantized model (in CPU memory) into folder, new or empty, as a Hugging Face model folder that
+    from_pretrained loads once rptq is imported: packed weights, the quantizers, the tokenizer. provenance: where it
+    came from (source model, calibration, versions), kept in its config; save_dtype: the float tensors' dtype (see
+    rptq.artifact.save)."""
     artifact.prepare_folder(folder)
-    artifact.save(loaded.model, loaded.tokenizer, folder, quant.describe(), provenance or {})
+    artifact.save(loaded.model, loaded.tokenizer, folder, quant.describe(), provenance or {}, save_dtype)
 
 
 def perplexity(loaded, dataset="wikitext2", seqlen=2048, limit=None, device="cpu", data_dir=None, cache_dir=None,
@@ -161,7 +165,7 @@ class Run:
             artifact.prepare_folder(cfg.save)  # before calibration, so that a long run is not lost to a bad folder
 
         # everything that can fail is checked before the model loads: its config, task names and files, the output
-        model_config, adapter = artifact.architecture(manifest) if manifest else load_config(cfg.model)
+        model_config, adapter = load_config(cfg.model)
         check_positions(model_config, cfg.model, cfg.seqlen)
         quant = QuantConfig.from_description(manifest["settings"]) if manifest else cfg.quant()
         if quantizes:
@@ -221,7 +225,8 @@ class Run:
                     "source_model": cfg.model, "weights_source": rec.weights,
                     "calibration": {**calibration, "seqlen": cfg.seqlen},
                     "calibration_data": [d for d in rec.data if d.get("purpose") != "eval"],
-                    "clusters_per_layer": rec.clusters_per_layer, "versions": rec.versions})
+                    "clusters_per_layer": rec.clusters_per_layer, "versions": rec.versions},
+                    getattr(torch, cfg.save_dtype) if cfg.save_dtype else None)
                 rec.timings_s["save"] = time.perf_counter() - t
                 rec.saved_to = cfg.save
             self._write()

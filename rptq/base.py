@@ -120,10 +120,10 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
-def atomic_folder(path):
-    """A temporary folder beside path, filled in the block and renamed to path when it ends, removed if it fails. When
-    another process has made path meanwhile, its copy is kept and this one discarded: readers see a whole folder or
-    none."""
+def atomic_folder(path, exclusive=False):
+    """A temporary folder beside path, filled in the block and renamed to path when it ends (an empty folder there is
+    replaced), removed if it fails: readers see a whole folder or none. When another process has filled path
+    meanwhile, its copy is kept and this one discarded (a cache), or, exclusive, a PathError says so."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -132,9 +132,9 @@ def atomic_folder(path):
         os.chmod(tmp, 0o777 & ~_UMASK)
         try:
             os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
+        except OSError as e:
+            if exclusive or not path.is_dir():
+                raise path_error(e, path, "fill") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,7 +4,6 @@ import torch
 
 from .base import RPTQError
 
-
 # How the channels of one cluster are ordered once the clusters are contiguous (GPTQ walks a cluster's weight columns
 # in this order, so it changes the quantized weights): "reference" as the reference's reorder_utils.py:113-114 at
 # commit 9619069 (torch.argsort of the int32 K-means labels, not stable: beyond 16 channels not ascending, on the CPU

@@ -376,6 +376,10 @@ class RunConfig(QuantConfig):
     save: str | None = option(None, "after calibration, write the quantized model (packed weights, quantizer "
                               "parameters, tokenizer) into DIR, a new or empty folder; main.py DIR loads it", R,
                               metavar="DIR", path="folder")
+    save_dtype: str | None = option(None, "the dtype of the saved model's float tensors (embeddings, head, norms, "
+                                    "biases, float Linears; unset: the run's dtype); float16 also stores the packed "
+                                    "weights' scales in 16 bits, which rounds them (see the README)", R,
+                                    choices=DTYPES, needed=lambda c: c.save is not None, idle_because="no {save}")
     device_map: str | None = option(None, "evaluate with the model spread by accelerate over GPUs, CPU memory and "
                                     "{offload_folder}, each decoder layer whole on one device (balanced: even over "
                                     "the GPUs, auto: the same; sequential: fill GPU 0 first); the model is then "

@@ -13,7 +13,7 @@ def kv_grids(model, adapter):
     are not both quantized on static calibrated ranges (then the codes could not be stored once for all)."""
     grids = []
     for layer in adapter.layers(model):
-        quantizers = [getattr(site.module, site.quantizer_name, None) for site in adapter.cache_sites(layer)]
+        quantizers = [site.quantizer() for site in adapter.cache_sites(layer)]
         if any(q is None or q.ranges != "static" for q in quantizers):
             return None
         grids.append(tuple(KVGrid.of(q) for q in quantizers))

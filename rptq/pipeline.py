@@ -15,9 +15,10 @@ import torch
 from tqdm import tqdm
 
 from quantize import GPTQ, ActQuantizer, ProbQuantizer, cluster_index, column_groups
-from quantize.attention import ATTENTION_TENSORS, ATTN_IMPLEMENTATION
+from quantize.attention import ATTN_IMPLEMENTATION
 from quantize.gptq import WEIGHT_QUANTIZERS
 from quantize.packed import WeightGrid
+from quantize.state import TAPS, state_of
 
 from .cluster import check_cluster_count, cluster_channels
 from .config import FLOAT_BITS, QuantConfig
@@ -155,9 +156,9 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, device, timings):
             bits = cfg.site_bits(s.kind)
             if bits is not None:
                 index = per_query_head_clusters(index_of[p.name], p.heads, p.channels * s.group)
-                quantizers[id(s)] = (s, ActQuantizer(bits, index, cfg.grid, cfg.act_ranges).to(device))
+                quantizers[id(s)] = (s, ActQuantizer.of(bits, index, cfg.grid, cfg.act_ranges).to(device))
     if cfg.prob_bits is not None:
-        adapter.attention(layer).rptq_prob_quant = ProbQuantizer(cfg.prob_bits)
+        state_of(adapter.attention(layer), create=True).prob_quant = ProbQuantizer(cfg.prob_bits)
     if not static:
         for s, quantizer in quantizers.values():
             s.attach_quantizer(quantizer)
@@ -179,7 +180,8 @@ def quantize_layer(layer, adapter, inputs, kwargs, cfg, device, timings):
                 groups = column_groups(cfg.w_granularity, lin.in_features, clusters, cfg.groupsize)
                 scale, zero = weights.quantize(lin, groups, cfg.wbits, cfg.grid, hessians.get(p.name), cfg.percdamp,
                                                cfg.act_order)
-                lin.rptq_weight_grid = WeightGrid.from_expanded(cfg.wbits, groups, scale, zero)  # what --save packs
+                # what a saved model packs
+                state_of(lin, create=True).weight_grid = WeightGrid.from_expanded(cfg.wbits, groups, scale, zero)
     timings["weight_quantization"] += time.perf_counter() - t
     return {name: int(index.max()) + 1 for name, index in index_of.items()}
 
@@ -235,7 +237,7 @@ def check_clusters(model, adapter, cfg: QuantConfig):
 def use_site_attention(model, sites, quantized_probs=False):
     """Switch to the attention that calls the hooks of Q/K sites inside attention (and quantizes probabilities)
     when any site or the probabilities need it; otherwise the model keeps its faster attention."""
-    if quantized_probs or any(s.where in ATTENTION_TENSORS for s in sites):
+    if quantized_probs or any(s.where in TAPS for s in sites):
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
 

@@ -7,6 +7,8 @@ on channel order, so norm'(x) = norm(x)[..., perm] with permuted affine paramete
 import torch
 from torch import nn
 
+from quantize.state import read_in_perm, state_of
+
 
 @torch.no_grad()
 def permute_rows(linear: nn.Linear, perm):
@@ -29,19 +31,16 @@ def permute_norm(norm: nn.Module, perm):
         if p is not None:
             assert p.shape == perm.shape, "norm parameters must match the permutation"
             p.copy_(p[perm.to(p.device)])
-    attach_norm_perm(norm, perm)
+    read_in_order(norm, perm)
 
 
-def attach_norm_perm(norm: nn.Module, perm):
-    """Make the norm read its input in the order perm (its parameters already in that order, e.g. loaded so)."""
-    norm.register_buffer("rptq_perm", perm.clone().to(next(norm.parameters(), perm).device))
-    norm.register_forward_pre_hook(reorder_input)
-
-
-def reorder_input(norm, args):
-    """The norm's forward pre-hook: its input in the new channel order (gather: a faster copy than index_select)."""
-    x = args[0]
-    return (torch.gather(x, -1, norm.rptq_perm.expand(x.shape)), *args[1:])
+def read_in_order(norm: nn.Module, perm=None):
+    """Make the norm read its input in the order perm (its parameters already in that order); without perm, in the
+    order its state already holds (a saved model's, loaded)."""
+    state = state_of(norm, create=True)
+    if perm is not None:
+        state.set_perm(perm.to(next(norm.parameters(), perm).device))
+    norm.register_forward_pre_hook(read_in_perm)
 
 
 def per_query_head(perm, heads, size):

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import datautils
+from rptq.base import atomic_write, check_folder, write_text
 from rptq.cli import FolderPath, OneLineParser, check_paths, guarded
 from rptq.config import DEFAULT_CLUSTERS
-from rptq.base import atomic_write, check_folder, write_text
 from rptq.report import csv_text, dataset_base, model_name, summarize
 from scripts.sweep import SETTINGS, SweepError, split_extra, sweep
 

@@ -143,9 +143,10 @@ def their_side(argv):
     import torch
 
     torch.cuda.synchronize = lambda *a, **k: None  # their GPTQ synchronizes unconditionally; no CUDA here
-    import quantize.gptq as their_gptq
     import quantize.opt_reorder_quantize as their_reorder
     from quantize.int_linear import QuantLinear
+
+    import quantize.gptq as their_gptq
 
     forward = QuantLinear.forward
 

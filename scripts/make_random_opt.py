@@ -13,8 +13,8 @@ import sys
 import torch
 
 from models import load_tokenizer
-from rptq.cli import FolderPath, OneLineParser, UsageError, script_main
 from rptq.base import check_file
+from rptq.cli import FolderPath, OneLineParser, UsageError, script_main
 
 PROG = "make_random_opt.py"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, script_main
 from rptq.base import atomic_write
+from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, script_main
 from scripts import memory_table
 
 PROG = "measure_memory.py"
@@ -65,7 +65,7 @@ def saved_model(source, label, folder):
     import rptq
     from rptq import artifact
 
-    if not (folder / artifact.MANIFEST).is_file():
+    if not artifact.is_saved(folder):
         rptq.run(setting_config(label, source, folder), progress=False)
     return folder
 

@@ -53,6 +53,7 @@ def run(args):
     from models import load_model
     from quantize import ProbQuantizer
     from quantize.attention import ATTN_IMPLEMENTATION
+    from quantize.state import state_of
     from rptq import record
     from rptq.api import check_positions
     from rptq.evaluate import perplexity
@@ -74,7 +75,7 @@ def run(args):
     attentions = [adapter.attention(layer) for layer in adapter.layers(model)]
     for b in bits:
         for attn in attentions:
-            attn.rptq_prob_quant = ProbQuantizer(b)
+            state_of(attn, create=True).prob_quant = ProbQuantizer(b)
         results[f"probs {b}-bit grid"] = perplexity(model, windows, device, args.limit, desc=f"probs {b} bits")
     print(f"\n{args.model}  {label}, first {args.limit} windows of {args.seqlen} tokens, only the softmax "
           "probabilities quantized")

@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rptq.base import RPTQError, check_folder, check_file, write_text
-from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, build_parser as main_parser, check_paths
-from rptq.cli import flag, given_flags, guarded, render
+from rptq.base import RPTQError, check_file, check_folder, write_text
+from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, check_paths, flag, given_flags, guarded, render
+from rptq.cli import build_parser as main_parser
 from rptq.config import RunConfig, idle, recorded_before
-from rptq.report import PAPER_DIR, TITLES, load_paper, model_name, render as render_table
+from rptq.report import PAPER_DIR, TITLES, load_paper, model_name
+from rptq.report import render as render_table
 from rptq.tasks import PAPER_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -53,6 +53,23 @@ def randomize_affine(model, seed=0):
     return model
 
 
+def quantizer_of(module, where):
+    """The activation quantizer the pipeline attached at site `where` ("input", "output", "query", "key") of
+    module, or None."""
+    from quantize.state import state_of
+
+    state = state_of(module)
+    return state.quantizers[where] if state is not None and where in state.quantizers else None
+
+
+def perm_of(norm):
+    """The order in which a reordered norm reads its input, or None for a norm left in place."""
+    from quantize.state import state_of
+
+    state = state_of(norm)
+    return None if state is None else state.perm
+
+
 def build_tiny_opt(vocab_size=512, hidden=64, heads=4, ffn=256, layers=2, seed=0):
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -157,7 +174,8 @@ def quantized_lazily():
 def damage_saved():
     """damage_saved(folder, how) -> folder: break a saved model folder in place in one way: "corrupt" (a byte
     flipped), "truncated", "missing tensor" (layer 1's fc1 codes dropped, checksum updated: an OPT folder),
-    "newer format", "older format", "no manifest", "no tensor file" or "not JSON"."""
+    "newer format", "older format", "earlier layout" (a format-2 manifest beside it), "no quantization config",
+    "no tensor file" or "not JSON"."""
     import hashlib
     import json
 
@@ -166,8 +184,9 @@ def damage_saved():
     from rptq import artifact
 
     def damage(folder, how):
-        tensors, manifest_file = folder / artifact.TENSORS, folder / artifact.MANIFEST
-        manifest = json.loads(manifest_file.read_text())
+        tensors, config_file = folder / artifact.TENSORS, folder / artifact.CONFIG
+        config = json.loads(config_file.read_text())
+        manifest = config["quantization_config"]
         if how == "corrupt":
             data = bytearray(tensors.read_bytes())
             data[len(data) // 2] ^= 0xFF
@@ -177,19 +196,21 @@ def damage_saved():
         elif how == "missing tensor":
             kept = safetensors.torch.load_file(tensors)
             del kept["model.decoder.layers.1.fc1.codes"]
-            data = safetensors.torch.save(kept)
+            data = safetensors.torch.save(kept, metadata={"format": "pt"})
             tensors.write_bytes(data)
             manifest["tensors"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-            manifest_file.write_text(json.dumps(manifest))
         elif how in ("newer format", "older format"):
             manifest["format_version"] += 1 if how == "newer format" else -1
-            manifest_file.write_text(json.dumps(manifest))
-        elif how == "no manifest":
-            manifest_file.unlink()
+        elif how == "earlier layout":
+            (folder / artifact.OLD_MANIFEST).write_text("{}")
+        elif how == "no quantization config":
+            del config["quantization_config"]
         elif how == "no tensor file":
             tensors.unlink()
         elif how == "not JSON":
-            manifest_file.write_text("{")
+            config_file.write_text("{")
+            return folder
+        config_file.write_text(json.dumps(config))
         return folder
 
     return damage

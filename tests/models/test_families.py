@@ -19,13 +19,14 @@ from transformers import (
 )
 
 from models import FAMILIES, adapter_for
+from quantize import ActQuantizer
 from quantize.kvcache import PackedKVCache
 from rptq import artifact, placement
 from rptq.config import QuantConfig
 from rptq.evaluate import perplexity
 from rptq.generate import new_cache
 from rptq.pipeline import quantize_model
-from tests.conftest import SMALL_CLUSTERS, randomize_affine
+from tests.conftest import SMALL_CLUSTERS, perm_of, randomize_affine
 
 SIZES = dict(vocab_size=512, hidden_size=64, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=2048)
 LLAMA_SIZES = dict(SIZES, num_key_value_heads=2, intermediate_size=128)
@@ -48,10 +49,12 @@ TINY_CONFIGS = {
 # sdpa: logits moved by at most 9.4e-6 (gemma3_text; the others at most 5.5e-7), and layer 1's outputs while
 # calibrating by at most 7.1e-5 (gemma3_text, values up to 17; others 1.8e-7), of which 3.2e-5 with no reorder at all:
 # the two attention kernels round differently. Cached decoding with the low-bit cache differed from the full forward
-# by at most 3.6e-7.
+# by at most 3.6e-7, but for OPT with the reference's order inside clusters by 3.2e-4: a token's K, V or probabilities
+# computed one token at a time round apart from the full forward's and can cross a quantization boundary (W4A4
+# quantizes every activation and the probabilities), which moves the logits by a fraction of that step.
 REORDER_TOLERANCE = 1e-4
 LAYER_OUTPUT_TOLERANCE = 1e-3
-CACHE_TOLERANCE = 1e-4
+CACHE_TOLERANCE = 1e-3
 W4A4 = dict(wbits=4, abits=4, w_quantizer="normal")
 
 
@@ -106,8 +109,8 @@ def test_the_reorder_with_every_quantizer_off_gives_the_float_logits(case, quant
     adapter = adapter_for(q.config)
     for point in adapter.reorder_points(adapter.layers(q)[1]):
         if point.norm is not None:  # something really was reordered
-            assert not torch.equal(point.norm.rptq_perm, torch.arange(point.channels)), point.name
-    assert not any("quant" in name for name, _ in q.named_modules())  # and nothing quantized
+            assert not torch.equal(perm_of(point.norm), torch.arange(point.channels)), point.name
+    assert not any(isinstance(m, ActQuantizer) for m in q.modules())  # and nothing quantized
     assert set(report.clusters_per_layer[0]) == {"R1", "R2", "R3", "R4", "R5"}
     assert (_logits(q, test) - _logits(model, test)).abs().max().item() <= REORDER_TOLERANCE
 

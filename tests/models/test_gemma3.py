@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from models import adapter_for, load_model
 from rptq.config import QuantConfig
 from rptq.pipeline import quantize_model
+from tests.conftest import perm_of
 from tests.models.test_families import build_tiny
 
 
@@ -20,10 +21,10 @@ def test_only_the_norms_that_feed_linears_are_reordered(quantized):
     calib = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0))
     q, _ = quantized(model, calib, wbits=16, abits=16, reorder="12345")
     for layer in q.model.layers:
-        assert hasattr(layer.input_layernorm, "rptq_perm") and hasattr(layer.pre_feedforward_layernorm, "rptq_perm")
+        assert perm_of(layer.input_layernorm) is not None and perm_of(layer.pre_feedforward_layernorm) is not None
         for norm in (layer.post_attention_layernorm, layer.post_feedforward_layernorm, layer.self_attn.q_norm,
                      layer.self_attn.k_norm):
-            assert not hasattr(norm, "rptq_perm")
+            assert perm_of(norm) is None
 
 
 def _nll(model, ids):

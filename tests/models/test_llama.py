@@ -6,6 +6,7 @@ import torch
 
 from rptq.config import QuantConfig
 from rptq.pipeline import quantize_model
+from tests.conftest import quantizer_of
 
 
 def _logits(model, ids):
@@ -17,8 +18,8 @@ def test_each_query_head_quantizes_with_its_kv_heads_clusters(llama_case, quanti
     model, calib, test = llama_case
     q, _ = quantized(model, calib, wbits=16, abits=4, w_quantizer="normal")
     attn = q.model.layers[1].self_attn
-    q_index, k_index = attn.rptq_query_quant.index, attn.rptq_key_quant.index
-    assert attn.rptq_key_quant.n_clusters == 2 * 2 and attn.rptq_query_quant.n_clusters == 4 * 2
+    q_index, k_index = quantizer_of(attn, "query").index, quantizer_of(attn, "key").index
+    assert quantizer_of(attn, "key").n_clusters == 2 * 2 and quantizer_of(attn, "query").n_clusters == 4 * 2
     head_dim = attn.head_dim
     for head in range(4):  # query heads 0, 1 read K/V head 0; 2, 3 read K/V head 1
         qh = q_index[head * head_dim:(head + 1) * head_dim]
@@ -26,7 +27,7 @@ def test_each_query_head_quantizes_with_its_kv_heads_clusters(llama_case, quanti
         same_q, same_k = qh[:, None] == qh[None, :], kh[:, None] == kh[None, :]
         assert torch.equal(same_q, same_k)  # the same channel partition ...
         assert set(qh.tolist()).isdisjoint(q_index[:head * head_dim].tolist())  # ... with this head's own scales
-    assert attn.o_proj.rptq_input_quant.n_clusters == 4 * 2
+    assert quantizer_of(attn.o_proj, "input").n_clusters == 4 * 2
     assert math.isfinite(_logits(q, test).sum().item())
 
 

@@ -1,6 +1,7 @@
 """models/qwen2.py: the biases of q, k and v under the reorders."""
 import torch
 
+from tests.conftest import perm_of
 from tests.models.test_families import build_tiny
 
 
@@ -15,7 +16,7 @@ def test_v_bias_moves_with_its_rows_and_q_k_biases_stay(quantized):
     q, _ = quantized(model, calib, wbits=16, abits=16, reorder="12345")
     for new, old in zip(q.model.layers, model.model.layers):
         new_attn, old_attn = new.self_attn, old.self_attn
-        columns = torch.argsort(new.input_layernorm.rptq_perm)  # R1 moved their input columns
+        columns = torch.argsort(perm_of(new.input_layernorm))  # R1 moved their input columns
         perm = _row_order(new_attn.v_proj.weight[:, columns], old_attn.v_proj.weight)
         assert not torch.equal(perm, torch.arange(len(perm)))  # R3 reordered v_proj's rows ...
         assert torch.equal(new_attn.v_proj.bias, old_attn.v_proj.bias[perm])  # ... and its bias with them

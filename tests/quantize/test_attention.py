@@ -4,13 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantize import ProbQuantizer
-from quantize.attention import (
-    QUERY_BLOCK,
-    block_plan,
-    blocked_attention,
-    quantized_prob_attention,
-    register_tensor_hook,
-)
+from quantize.attention import QUERY_BLOCK, block_plan, blocked_attention, quantized_prob_attention
+from quantize.state import state_of
 
 
 def _additive_causal_mask(q_len, k_len, window=None):
@@ -51,7 +46,7 @@ def test_probabilities_are_quantized_when_the_module_asks():
     q, k = torch.randn(1, 2, 8, 4, generator=gen), torch.randn(1, 2, 8, 4, generator=gen)
     v = torch.eye(8).expand(1, 2, 8, 8)  # identity values: the output rows are the probabilities themselves
     module = nn.Module()
-    module.rptq_prob_quant = ProbQuantizer(3)
+    state_of(module, create=True).prob_quant = ProbQuantizer(3)
     out, _ = quantized_prob_attention(module, q, k, v, _additive_causal_mask(8, 8), scaling=1.0)
     probs = out.transpose(1, 2)
     assert torch.allclose(probs * 7, torch.round(probs * 7), atol=1e-5)  # every value on the 3-bit grid
@@ -66,8 +61,8 @@ def test_query_and_key_hooks_see_head_major_channels_and_can_replace_them():
     def record(x):
         seen["key"] = x.clone()
 
-    handles = [register_tensor_hook(module, "key", record),
-               register_tensor_hook(module, "query", lambda x: torch.zeros_like(x))]
+    state = state_of(module, create=True)  # the taps attention calls, found by the state's type
+    handles = [state.tap("key", record), state.tap("query", lambda x: torch.zeros_like(x))]
     out, _ = quantized_prob_attention(module, q, k, v, None, scaling=1.0)
     assert torch.equal(seen["key"][0, 3], k[0, :, 3].reshape(-1))  # token 3: head 0's channels, then head 1's
     assert torch.allclose(out, v.mean(2, keepdim=True).expand_as(v).transpose(1, 2))  # zero queries: uniform

@@ -14,7 +14,7 @@ def _grid(bits, seed=0):
     gen = torch.Generator().manual_seed(seed)
     index = torch.randint(0, 4, (HEADS * HEAD_DIM,), generator=gen)
     index[:4] = torch.arange(4)
-    quantizer = ActQuantizer(bits, index)
+    quantizer = ActQuantizer.of(bits, index)
     quantizer.set_ranges(*cluster_minmax(torch.randn(64, HEADS * HEAD_DIM, generator=gen) * 3, index, 4))
     return quantizer, KVGrid.of(quantizer)
 
@@ -64,13 +64,13 @@ def test_cache_bytes_are_codes_plus_grids():
     assert cache_nbytes(packed) == 3 * 2 * (2 * 10 * 6) + grid_bytes
     assert cache_nbytes(standard) == 3 * 2 * x.nbytes
     with pytest.raises(ValueError, match="static"):
-        KVGrid.of(ActQuantizer(4, torch.zeros(4, dtype=torch.long), ranges="dynamic"))
+        KVGrid.of(ActQuantizer.of(4, torch.zeros(4, dtype=torch.long), ranges="dynamic"))
 
 
 def test_a_zero_point_beyond_exact_float32_integers_is_refused():
     """Decoding adds qmin - zero to the codes in float32, exact (and equal to the quantizer's q - zero) only for
     integers below 2^24."""
-    quantizer = ActQuantizer(4, torch.zeros(4, dtype=torch.long))
+    quantizer = ActQuantizer.of(4, torch.zeros(4, dtype=torch.long))
     quantizer.set_qparams(torch.tensor([1e-4]), torch.tensor([-2.0 ** 25]))
     with pytest.raises(ValueError, match="float32 holds exactly"):
         KVGrid.of(quantizer)

@@ -77,7 +77,7 @@ def test_cluster_minmax_reduces_over_tokens_and_cluster_channels():
 
 def _relative_mse(x, sizes, bits=4):
     """Mean over channels of the quantization MSE relative to the channel's variance."""
-    q = ActQuantizer(bits, cluster_index(sizes))
+    q = ActQuantizer.of(bits, cluster_index(sizes))
     q.set_ranges(*cluster_minmax(x, q.index, len(sizes)))
     return ((q(x) - x).pow(2).mean(0) / x.var(0)).mean().item()
 
@@ -92,7 +92,7 @@ def test_per_cluster_beats_per_tensor_on_channels_of_different_ranges():
 
 
 def test_dynamic_quantizer_uses_each_tensors_own_ranges():
-    q = ActQuantizer(8, cluster_index([2, 2]), ranges="dynamic")
+    q = ActQuantizer.of(8, cluster_index([2, 2]), ranges="dynamic")
     x = torch.tensor([[0.0, 1.0, -50.0, 50.0]])
     y = q(x)
     assert (y[0, :2] - x[0, :2]).abs().max() < 1 / 256 + 1e-6  # small cluster keeps a fine step
@@ -100,7 +100,7 @@ def test_dynamic_quantizer_uses_each_tensors_own_ranges():
 
 
 def test_token_ranges_are_each_tokens_own_over_all_channels():
-    q = ActQuantizer(4, torch.zeros(4, dtype=torch.long), ranges="token")
+    q = ActQuantizer.of(4, torch.zeros(4, dtype=torch.long), ranges="token")
     x = torch.tensor([[0.0, 1.0, 2.0, 3.2], [-100.0, 0.0, 50.0, 100.0]])
     y = q(x)
     assert (y[0] - x[0]).abs().max() <= 3.2 / 16 + 1e-6  # the small token keeps its own fine step (the paper grid
@@ -109,21 +109,25 @@ def test_token_ranges_are_each_tokens_own_over_all_channels():
     assert (y[1] - x[1]).abs().max() <= 200 / 16 + 1e-4 and (y[1] - x[1]).abs().max() > 1
 
 
-def test_per_cluster_qparams_read_back_into_a_new_quantizer_quantize_alike():
+def test_the_quantizers_tensors_are_its_per_cluster_parameters_and_load_back():
+    """What a saved model keeps: the cluster index and one scale and zero per cluster; a quantizer built from sizes
+    alone and given them quantizes alike."""
     index = torch.tensor([2, 0, 0, 1, 2, 1])  # clusters need not be contiguous
     x = torch.randn(50, 6) * torch.tensor([1.0, 0.1, 0.1, 5.0, 1.0, 5.0])
-    q = ActQuantizer(3, index)
+    q = ActQuantizer.of(3, index)
     q.set_ranges(*cluster_minmax(x, index, 3))
-    scale, zero = q.cluster_qparams()
-    assert scale.shape == zero.shape == (3,) and torch.equal(scale[index], q.scale)
-    again = ActQuantizer(3, index)
-    again.set_qparams(scale, zero)
+    state = q.state_dict()
+    assert {k: (t.dtype, tuple(t.shape)) for k, t in state.items()} == {
+        "index": (torch.int32, (6,)), "scale": (torch.float32, (3,)), "zero": (torch.int32, (3,))}
+    again = ActQuantizer(3, channels=6, clusters=3)
+    again.load_state_dict(state)
+    again.calibrated = True
     assert torch.equal(again(x), q(x))
 
 
 def test_static_quantizer_refuses_to_run_uncalibrated():
     with pytest.raises(RuntimeError):
-        ActQuantizer(4, cluster_index([4]))(torch.zeros(2, 4))
+        ActQuantizer.of(4, cluster_index([4]))(torch.zeros(2, 4))
 
 
 def test_prob_quantizer_uses_a_fixed_grid():

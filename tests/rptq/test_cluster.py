@@ -24,7 +24,7 @@ def _clustered_mse(x, k):
     lo, hi = channel_ranges(mins, maxs, "minmax")
     perm, sizes = cluster_channels(torch.stack([hi, lo], 1), k)
     index = cluster_index(sizes)
-    q = ActQuantizer(4, index)
+    q = ActQuantizer.of(4, index)
     q.set_ranges(*cluster_ranges(mins[:, perm], maxs[:, perm], index, "minmax"))
     xp = x[..., perm]
     return ((q(xp) - xp).pow(2).mean((0, 1)) / xp.var((0, 1))).mean().item()

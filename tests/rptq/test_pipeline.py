@@ -4,8 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quantize import PackedLinear
+from quantize import ActQuantizer, PackedLinear
+from quantize.state import state_of
 from rptq.cluster import ClusterError
+from tests.conftest import perm_of, quantizer_of
 
 
 def _ppl(model, ids):
@@ -18,31 +20,31 @@ def test_left_out_points_get_one_cluster(opt_case, quantized):
     model, calib, _ = opt_case
     q, report = quantized(model, calib, wbits=4, abits=4, reorder="3", w_quantizer="normal")
     assert report.clusters_per_layer[1] == {"R1": 1, "R2": 1, "R3": 8, "R4": 1, "R5": 1}
-    assert not hasattr(q.model.decoder.layers[0].self_attn_layer_norm, "rptq_perm")
-    assert q.model.decoder.layers[0].fc2.rptq_input_quant.n_clusters == 1
+    assert perm_of(q.model.decoder.layers[0].self_attn_layer_norm) is None
+    assert quantizer_of(q.model.decoder.layers[0].fc2, "input").n_clusters == 1
 
 
 def test_w4a4_quantizes_every_site_with_the_reference_bits(opt_case, quantized):
     model, calib, test = opt_case
     q, report = quantized(model, calib, wbits=4, abits=4)
     layer = q.model.decoder.layers[1]
-    assert layer.self_attn_layer_norm.rptq_output_quant.bits == 8  # max(8, abits)
-    assert layer.fc2.rptq_input_quant.bits == 4
-    assert layer.self_attn.rptq_prob_quant.bits == 8
+    assert quantizer_of(layer.self_attn_layer_norm, "output").bits == 8  # max(8, abits)
+    assert quantizer_of(layer.fc2, "input").bits == 4
+    assert state_of(layer.self_attn).prob_quant.bits == 8
     assert len(torch.unique(layer.fc1.weight[0])) <= 4 * 16  # 4 input clusters of 16 levels each
     assert set(report.timings_s) >= {"calibration", "clustering", "weight_quantization"}
     ppl_q, ppl_f = _ppl(q, test), _ppl(model, test)
     assert ppl_q != ppl_f and math.isfinite(ppl_q)
     strict, _ = quantized(model, calib, wbits=4, abits=4, bit_mode="strict", w_quantizer="normal")
-    assert strict.model.decoder.layers[0].final_layer_norm.rptq_output_quant.bits == 4
-    assert strict.model.decoder.layers[0].self_attn.rptq_prob_quant.bits == 4
+    assert quantizer_of(strict.model.decoder.layers[0].final_layer_norm, "output").bits == 4
+    assert state_of(strict.model.decoder.layers[0].self_attn).prob_quant.bits == 4
 
 
 def test_only_quant_kv_leaves_every_other_activation_untouched(opt_case, quantized):
     model, calib, test = opt_case
     kv, _ = quantized(model, calib, wbits=16, abits=4, only_quant_kv=True)
     ref, _ = quantized(model, calib, wbits=16, abits=16, reorder="12345")  # same reorder, nothing quantized
-    quantized = {name.rsplit(".", 2)[-2] for name, _ in kv.named_modules() if "quant" in name}
+    quantized = {name.rsplit(".", 1)[-1] for name, m in kv.named_modules() if state_of(m) and state_of(m).quantizers}
     assert quantized == {"k_proj", "v_proj"}
 
     def capture(m):
@@ -73,8 +75,8 @@ def test_cached_generation_equals_the_full_forward(opt_case, quantized, cached_a
     cache = out.past_key_values.layers[1]
     for stored, proj in ((cache.keys, layer.self_attn.k_proj), (cache.values, layer.self_attn.v_proj)):
         channels = stored.transpose(1, 2).flatten(2)  # [b, heads, s, d] -> [b, s, heads * d], the proj's order
-        assert torch.allclose(proj.rptq_output_quant(channels), channels, atol=1e-5)  # stored on the grid
-        assert channels.unique().numel() <= 16 * proj.rptq_output_quant.n_clusters
+        assert torch.allclose(quantizer_of(proj, "output")(channels), channels, atol=1e-5)  # stored on the grid
+        assert channels.unique().numel() <= 16 * quantizer_of(proj, "output").n_clusters
 
 
 @pytest.mark.parametrize("w_quantizer", ["gptq", "normal"])
@@ -82,17 +84,17 @@ def test_every_quantized_linear_keeps_the_grid_it_was_quantized_on(opt_case, qua
     model, calib, _ = opt_case
     q, _ = quantized(model, calib, wbits=3, abits=16, w_quantizer=w_quantizer)
     linears = [m for m in q.model.decoder.layers.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 12 and all(lin.rptq_weight_grid.bits == 3 for lin in linears)
+    assert len(linears) == 12 and all(state_of(lin).weight_grid.bits == 3 for lin in linears)
     for lin in (q.model.decoder.layers[0].self_attn.k_proj, q.model.decoder.layers[1].fc2):
         x = torch.randn(2, 5, lin.in_features)
-        assert torch.equal(PackedLinear.from_linear(lin, lin.rptq_weight_grid)(x), lin(x))
-    assert not hasattr(q.lm_head, "rptq_weight_grid")
+        assert torch.equal(PackedLinear.from_linear(lin, state_of(lin).weight_grid)(x), lin(x))
+    assert state_of(q.lm_head) is None
 
 
 def test_dynamic_activations_need_no_calibrated_ranges(opt_case, quantized):
     model, calib, test = opt_case
     q, _ = quantized(model, calib, wbits=16, abits=4, a_dynamic=True)
-    assert q.model.decoder.layers[0].fc2.rptq_input_quant.ranges == "dynamic"
+    assert quantizer_of(q.model.decoder.layers[0].fc2, "input").ranges == "dynamic"
     assert math.isfinite(_ppl(q, test))
 
 
@@ -107,7 +109,7 @@ def test_weight_only_runs_use_the_asked_weight_groups(opt_case, quantized, granu
     model, calib, test = opt_case
     q, _ = quantized(model, calib, wbits=3, abits=16, w_granularity=granularity, groupsize=32,
                       act_order=granularity == "channel")
-    assert not any("quant" in name for name, _ in q.named_modules())  # A16: no activation quantizer
+    assert not any(isinstance(m, ActQuantizer) for m in q.modules())  # A16: no activation quantizer
     assert q.config._attn_implementation != "rptq_eager"
     fc1 = q.model.decoder.layers[0].fc1.weight  # 64 input columns: R4's 4 clusters, or 2 groups of 32
     assert all(row.unique().numel() <= groups_per_row * 2 ** 3 for row in fc1)
@@ -134,8 +136,8 @@ def test_out_proj_ranges_come_from_the_layer_with_quantized_probabilities(tiny_o
     model = tiny_opt(layers=1)
     calib = torch.randint(0, 512, (3, 96), generator=torch.Generator().manual_seed(1))
     q, _ = quantized(model, calib, wbits=16, abits=4, metric="minmax", bit_mode=bit_mode)
-    quant = q.model.decoder.layers[0].self_attn.out_proj.rptq_input_quant
-    scales = torch.zeros(quant.n_clusters).scatter_reduce(0, quant.index, quant.scale, "amax")
+    quant = quantizer_of(q.model.decoder.layers[0].self_attn.out_proj, "input")
+    scales, index = quant.scale.clone(), quant.index.long()  # one scale per cluster
     probe = q  # the same reordered float weights, every activation quantizer made the identity (in place: a deep
     for m in probe.modules():  # copy's hooks would still call the original quantizers)
         if type(m).__name__ == "ActQuantizer":
@@ -143,12 +145,12 @@ def test_out_proj_ranges_come_from_the_layer_with_quantized_probabilities(tiny_o
     x = _out_proj_inputs(probe, calib)
 
     def spans(x):  # per cluster (max - min) over all tokens and the cluster's channels
-        lo = torch.full((quant.n_clusters,), float("inf")).scatter_reduce(0, quant.index, x.amin(0), "amin")
-        hi = torch.full((quant.n_clusters,), float("-inf")).scatter_reduce(0, quant.index, x.amax(0), "amax")
+        lo = torch.full((quant.n_clusters,), float("inf")).scatter_reduce(0, index, x.amin(0), "amin")
+        hi = torch.full((quant.n_clusters,), float("-inf")).scatter_reduce(0, index, x.amax(0), "amax")
         return hi - lo
 
     assert torch.allclose(scales, spans(x) / 16, rtol=1e-5)
-    del probe.model.decoder.layers[0].self_attn.rptq_prob_quant  # float probabilities: other ranges
+    state_of(probe.model.decoder.layers[0].self_attn).prob_quant = None  # float probabilities: other ranges
     assert not torch.allclose(scales, spans(_out_proj_inputs(probe, calib)) / 16, rtol=1e-3)
 
 
@@ -159,9 +161,9 @@ def test_activation_group_controls_keep_the_channel_order(opt_case, quantized, g
     model, calib, test = opt_case
     q, report = quantized(model, calib, wbits=4, abits=4, a_granularity=granularity, w_quantizer="normal")
     layer = q.model.decoder.layers[0]
-    assert not hasattr(layer.self_attn_layer_norm, "rptq_perm")  # no reorder anywhere
+    assert perm_of(layer.self_attn_layer_norm) is None  # no reorder anywhere
     assert torch.equal(layer.self_attn.q_proj.bias, model.model.decoder.layers[0].self_attn.q_proj.bias)
-    fc2 = layer.fc2.rptq_input_quant
+    fc2 = quantizer_of(layer.fc2, "input")
     assert report.clusters_per_layer[0]["R5"] == r5_groups
     if granularity == "fixed":
         assert fc2.index.tolist() == [c // 32 for c in range(256)]  # 8 contiguous groups of 32
@@ -194,4 +196,4 @@ def test_lazy_quantization_is_bit_identical_to_the_in_memory_one(tiny_opt_shards
     store.load("", "cpu")
     assert torch.equal(lazy(test).logits, whole(test).logits)
     for a, b in zip(lazy.model.decoder.layers, whole.model.decoder.layers):
-        assert torch.equal(a.fc2.rptq_input_quant.index, b.fc2.rptq_input_quant.index)
+        assert torch.equal(quantizer_of(a.fc2, "input").index, quantizer_of(b.fc2, "input").index)

@@ -7,6 +7,7 @@ from models import load_lazily
 from rptq import placement
 from rptq.base import PathError
 from rptq.config import ConfigError
+from tests.conftest import quantizer_of
 
 W4A4 = dict(wbits=4, abits=4, w_quantizer="normal")
 
@@ -76,7 +77,7 @@ def test_layers_on_cpu_and_disk_compute_what_the_model_in_memory_computes(tiny_o
     assert placement.place(model, store, "cpu", device_map) == "cpu"
     disk_layer, cpu_layer = model.model.decoder.layers[3], model.model.decoder.layers[0]
     assert disk_layer.fc1.weight.device.type == "meta" and cpu_layer.fc1.weight.device.type == "cpu"
-    assert disk_layer.fc2.rptq_input_quant.scale.device.type == "cpu"  # the quantizer's buffers stayed real
+    assert quantizer_of(disk_layer.fc2, "input").scale.device.type == "cpu"  # the quantizer's buffers stayed real
     with torch.no_grad():
         assert torch.equal(model(test).logits, expected_logits)
 

@@ -4,6 +4,7 @@ from torch import nn
 
 from models import ReorderPoint
 from rptq.reorder import apply_reorder, per_query_head, per_query_head_clusters
+from tests.conftest import perm_of
 
 
 def test_folding_a_permutation_leaves_norm_linear_linear_unchanged():
@@ -18,7 +19,7 @@ def test_folding_a_permutation_leaves_norm_linear_linear_unchanged():
         apply_reorder(ReorderPoint("R1", 8, 1, [], [], norm=norm, consumers=[up]), torch.randperm(8))
         apply_reorder(ReorderPoint("R5", 12, 1, [], [], producers=[up], consumers=[down]), torch.randperm(12))
         assert torch.allclose(down(torch.relu(up(norm(x)))), before, atol=1e-6)
-    assert hasattr(norm, "rptq_perm")
+    assert perm_of(norm) is not None
 
 
 def test_a_kv_heads_permutation_repeats_for_each_query_head_sharing_it():
