@@ -17,12 +17,10 @@ from pathlib import Path
 
 import torch
 
-from models import load_model
+import rptq
 from quantize.packed import KERNELS, use_kernel
-from rptq import artifact
 from rptq.generate import greedy, new_cache
-from rptq.placement import dtype_name
-from rptq.placement import resolve_device as pick_device
+from rptq.placement import dtype_name, resolve_device
 from scripts.measure_memory import saved_model
 
 MODEL = "smollm2-135m"
@@ -47,16 +45,17 @@ def main():
     if not kernels or any(k not in KERNELS for k in kernels):
         p.error(f"--kernels takes a comma list of {', '.join(KERNELS)}")
 
-    device, dtype = pick_device(args.device)
+    device, dtype = resolve_device(args.device)
     device = torch.device(device)
     folder = saved_model(MODEL, args.setting, args.work / MODEL / args.setting)
-    float_model, tokenizer, float_adapter = load_model(MODEL, dtype)
-    runs = {"float": (float_model.to(device), float_adapter)}
+    float_model = rptq.load(MODEL, dtype)
+    runs = {"float": (float_model.model.to(device), float_model.adapter)}
     for kernel in kernels:
-        packed, _, adapter, _ = artifact.load(folder, dtype)
-        use_kernel(packed.to(device), kernel)  # after the move: the int4 layout is the device's own
-        runs[kernel] = (packed, adapter)
-    ids = torch.randint(0, len(tokenizer), (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
+        packed = rptq.load(folder, dtype)
+        use_kernel(packed.model.to(device), kernel)  # after the move: the int4 layout is the device's own
+        runs[kernel] = (packed.model, packed.adapter)
+    ids = torch.randint(0, len(float_model.tokenizer), (1, args.prompt_tokens),
+                        generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
     for model, adapter in runs.values():
         tokens_per_second(model, adapter, ids, 2)  # warm-up

@@ -3,9 +3,11 @@ parameters and buffers of each loaded model plus its K/V cache after prefilling 
 the packed model, the standard float16 cache for FP16). The last line printed is the ratio.
 
 The packed model is saved once by scripts/measure_memory.py's recipe (round-to-nearest weights, one random
-calibration window: bytes depend on shapes only) into --work, and reused. Its Linears are run by --kernel
-(quantize/packed.py): "fused" holds the weights in its own layout instead of the packed buffers, "int4" adds its
-layout to them. A line before the ratio gives the bits per quantized weight that each part takes.
+calibration window: bytes depend on shapes only) into --work, and reused, twice: as main.py --save writes it by
+default (float32 weight scales, which give the weights back exactly) and with --save_dtype float16 (the scales in
+float16 too: they round). Its Linears are run by --kernel (quantize/packed.py): "fused" holds the weights in its own
+layout instead of the packed buffers, "int4" adds its layout to them. A line per saved model gives the bits per
+quantized weight that each part takes; the last line is the ratio of the float16-stored one.
 
     python bench/packed_memory.py [--setting W4A4KV] [--kernel exact] [--prompt_tokens 2048] [--work out/memory]
 """
@@ -14,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from models import load_model
+import rptq
 from quantize.packed import KERNELS, PackedLinear
-from rptq import artifact
 from scripts.measure_memory import kv_bytes, saved_model, weight_bytes
 
 MODEL = "smollm2-135m"
@@ -51,20 +52,22 @@ def main():
     p.add_argument("--work", type=Path, default=Path("out/memory"))
     args = p.parse_args()
 
-    folder = saved_model(MODEL, args.setting, args.work / MODEL / args.setting)
-    fp16, _, fp16_adapter = load_model(MODEL, torch.float16)
-    packed, _, packed_adapter, _ = artifact.load(folder, torch.float16, args.kernel)
-    sizes = {"FP16": resident_bytes(fp16, fp16_adapter, args.prompt_tokens),
-             f"packed {args.setting}": resident_bytes(packed, packed_adapter, args.prompt_tokens)}
-    for name, (weights, kv) in sizes.items():
-        print(f"{name:16s} weights {weights / MIB:8.1f} MiB  K/V {kv / MIB:7.1f} MiB  "
-              f"total {(weights + kv) / MIB:8.1f} MiB")
-    bits = bits_per_weight(packed)
-    print(f"bits per quantized weight, {sum(bits.values()):.3f} in all: "
-          + ", ".join(f"{name} {value:.3f}" for name, value in bits.items()))
-    (fw, fkv), (pw, pkv) = sizes.values()
-    print(f"resident memory ratio (packed {args.setting}, {args.kernel} kernel / FP16, {MODEL}, "
-          f"{args.prompt_tokens}-token prompt): {(pw + pkv) / (fw + fkv):.3f}")
+    fp16 = rptq.load(MODEL, torch.float16)
+    fw, fkv = resident_bytes(fp16.model, fp16.adapter, args.prompt_tokens)
+    print(f"{'FP16':28s} weights {fw / MIB:8.1f} MiB  K/V {fkv / MIB:7.1f} MiB  total {(fw + fkv) / MIB:8.1f} MiB")
+    for save_dtype in (None, "float16"):
+        name = f"{args.setting}-{save_dtype}" if save_dtype else args.setting
+        packed = rptq.load(saved_model(MODEL, args.setting, args.work / MODEL / name, save_dtype), torch.float16,
+                           kernel=args.kernel)
+        pw, pkv = resident_bytes(packed.model, packed.adapter, args.prompt_tokens)
+        what = f"packed {args.setting}, scales {'float16' if save_dtype else 'float32'}"
+        print(f"{what:28s} weights {pw / MIB:8.1f} MiB  K/V {pkv / MIB:7.1f} MiB  total {(pw + pkv) / MIB:8.1f} MiB"
+              f"  ratio {(pw + pkv) / (fw + fkv):.3f}")
+        bits = bits_per_weight(packed.model)
+        print(f"  bits per quantized weight, {sum(bits.values()):.3f} in all: "
+              + ", ".join(f"{name} {value:.3f}" for name, value in bits.items()))
+    print(f"resident memory ratio (packed {args.setting} saved with --save_dtype float16, {args.kernel} kernel / "
+          f"FP16, {MODEL}, {args.prompt_tokens}-token prompt): {(pw + pkv) / (fw + fkv):.3f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from models import adapter_for
+from models.packaged import quiet_loading
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import ZERO_DTYPES, use_kernel
 from quantize.state import STATE, state_of
@@ -259,18 +260,22 @@ def load(path, dtype=torch.float32, kernel="exact"):
     "int4" decode faster and round differently), activation sites get their saved quantizers, generate() takes the
     low-bit cache; float tensors take `dtype`. ArtifactError for a folder that is not a complete, intact saved
     model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from . import hf  # noqa: F401  the method is registered on import
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # the RPTQ method registers as they load (rptq)
+    from transformers.utils import logging as hf_logging
 
     folder = Path(path)
     manifest = read_manifest(folder)
     if not (folder / TENSORS).is_file():  # the method itself checks its size and sha256
         raise ArtifactError(f"{folder} lacks {TENSORS}, which its config describes; save the model again")
+    quiet_loading()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report of a missing tensor would come before our one line
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     except OSError as e:  # a file from_pretrained needs is missing or unreadable
         raise ArtifactError(f"{folder}: cannot be loaded ({str(e).splitlines()[0]}); save the model again") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     use_kernel(model, kernel)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from rptq.cli import OneLineParser, UsageError, script_main
-from rptq.config import DTYPES
+from rptq.config import DTYPES, Choices
 
 PROG = "generate.py"
 CACHES = ("auto", "low-bit", "standard")
@@ -25,6 +25,10 @@ def build_parser():
     p.add_argument("--cache", choices=CACHES, default="auto",
                    help="low-bit: K/V as packed codes (needs static K/V grids); standard: transformers' float "
                         "cache; auto: low-bit where the model has the grids")
+    p.add_argument("--kernel", choices=Choices("quantize.packed", "KERNELS"), default="exact",
+                   help="how a saved model's packed Linears run each decoding step: exact (the fake-quantized model's "
+                        "numbers), fused (a compiled CPU kernel) or int4 (torch's int4 kernels); the last two are "
+                        "faster and round differently")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=DTYPES)
     return p
@@ -41,9 +45,11 @@ def run(args):
     from rptq.placement import resolve_device
 
     device, dtype = resolve_device(args.device, args.dtype)
+    from quantize.packed import use_kernel
+
     loaded = rptq.load(args.model, dtype)
     model, tokenizer, adapter, manifest = loaded.model, loaded.tokenizer, loaded.adapter, loaded.manifest
-    model.to(device)
+    use_kernel(model.to(device), args.kernel)  # after the move: a kernel's layout is its device's own
     cache = new_cache(model, adapter, low_bit=args.cache != "standard")
     low_bit = isinstance(cache, PackedKVCache)
     if args.cache == "low-bit" and not low_bit:

@@ -48,7 +48,7 @@ def model_source(name, work):
     return str(folder)
 
 
-def setting_config(label, source, folder):
+def setting_config(label, source, folder, save_dtype=None):
     """The run that saves a Table 3 setting of source into folder: round-to-nearest weights, one window of random
     tokens (bytes depend on shapes only); W16A16 is the reorder with every quantizer off."""
     from rptq.config import ALL_POINTS, RunConfig
@@ -57,16 +57,18 @@ def setting_config(label, source, folder):
     only_kv = abits == memory_table.FP16_BITS and kvbits < memory_table.FP16_BITS
     return RunConfig(model=source, wbits=wbits, abits=kvbits if only_kv else abits, only_quant_kv=only_kv,
                      w_quantizer="normal", reorder=ALL_POINTS, calib_dataset="random", nsamples=1,
-                     seqlen=CALIB_TOKENS, device="cpu", dtype="float32", save=str(folder), output_path=None)
+                     seqlen=CALIB_TOKENS, device="cpu", dtype="float32", save=str(folder), save_dtype=save_dtype,
+                     output_path=None)
 
 
-def saved_model(source, label, folder):
-    """folder holds `label` of source, saved once (a complete earlier save is reused)."""
+def saved_model(source, label, folder, save_dtype=None):
+    """folder holds `label` of source, saved once (a complete earlier save is reused); save_dtype: its float tensors'
+    (see main.py --save_dtype)."""
     import rptq
     from rptq import artifact
 
     if not artifact.is_saved(folder):
-        rptq.run(setting_config(label, source, folder), progress=False)
+        rptq.run(setting_config(label, source, folder, save_dtype), progress=False)
     return folder
 
 
@@ -97,15 +99,14 @@ def weight_bytes(model, adapter):
 @torch.no_grad()
 def kv_bytes(model, adapter, batch, seqlen):
     """(K/V values, grids): bytes the cache holds after one prefill of batch x seqlen random tokens."""
-    from quantize.kvcache import PackedKVLayer, cache_nbytes
+    from quantize.kvcache import cache_nbytes
     from rptq.generate import new_cache
 
     cache = new_cache(model, adapter)
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=torch.Generator().manual_seed(0))
     model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    grids = sum(layer.key_grid.nbytes() + layer.value_grid.nbytes() for layer in cache.layers
-                if isinstance(layer, PackedKVLayer))
-    return cache_nbytes(cache) - grids, grids
+    values = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.is_initialized)
+    return values, cache_nbytes(cache) - values
 
 
 def analytic_bytes(shape, label, batch, seqlen):
