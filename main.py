@@ -3,6 +3,7 @@
 Argument parsing and printing only: the flags are declared in rptq/config.py, the run is rptq.run (rptq/api.py).
 """
 import os
+import signal
 import sys
 
 from rptq.cli import build_parser, given_flags, guarded, note
@@ -38,7 +39,7 @@ def main(argv=None, prog=None):
     args = build_parser(prog, __doc__.splitlines()[0]).parse_args(argv)
     config = RunConfig(**vars(args))
     running = []
-
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does: what finished stays
     def body():
         check_values(config)  # before the heavy imports below
         check_paths(config)
@@ -51,9 +52,12 @@ def main(argv=None, prog=None):
         return 0
 
     def kept():
-        written = running and running[0].written
-        return (f"what finished is in {written} (status: running)" if written
-                else "nothing had finished, no results file was written")
+        run = running[0] if running else None
+        said = [f"what finished is in {run.written} (status: running)" if run and run.written
+                else "nothing had finished, no results file was written"]
+        if run and run.saving:
+            said.append(f"the model was being saved: nothing of it was left in {run.saving}")
+        return "; ".join(said)
 
     return guarded(prog, body, kept)
 

@@ -131,12 +131,13 @@ def say(message):
 
 class Run:
     """One run of a RunConfig, stage by stage, its record rewritten after each (run() is Run(config).execute()).
-    `written` is the record file once something finished is in it, also when a stage is interrupted. log(Message):
-    where notes and stage announcements go (stderr by default)."""
+    `written` is the record file once something finished is in it, `saving` the folder while the model is being saved
+    (so that an interrupt can say what it left), both also when a stage is interrupted. log(Message): where notes and
+    stage announcements go (stderr by default)."""
 
     def __init__(self, config: RunConfig, given=None, log=say, progress=True):
         self.config, self.given, self.log, self.progress = config, given, log, progress
-        self.record, self.path, self.written = None, None, None
+        self.record, self.path, self.written, self.saving = None, None, None, None
 
     def execute(self) -> RunRecord:
         cfg = self.config
@@ -221,12 +222,14 @@ class Run:
             rec.clusters_per_layer = report.clusters_per_layer
             if cfg.save:
                 t = time.perf_counter()
+                self.saving = cfg.save
                 artifact.save(loaded.model, loaded.tokenizer, cfg.save, quantization, {
                     "source_model": cfg.model, "weights_source": rec.weights,
                     "calibration": {**calibration, "seqlen": cfg.seqlen},
                     "calibration_data": [d for d in rec.data if d.get("purpose") != "eval"],
                     "clusters_per_layer": rec.clusters_per_layer, "versions": rec.versions},
                     getattr(torch, cfg.save_dtype) if cfg.save_dtype else None)
+                self.saving = None
                 rec.timings_s["save"] = time.perf_counter() - t
                 rec.saved_to = cfg.save
             self._write()

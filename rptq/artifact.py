@@ -28,7 +28,7 @@ from quantize import ActQuantizer, PackedLinear, ProbQuantizer
 from quantize.packed import ZERO_DTYPES, use_kernel
 from quantize.state import STATE, state_of
 
-from .base import RPTQError, atomic_folder, check_folder, file_sha256, path_error
+from .base import RPTQError, atomic_folder, check_folder, file_sha256
 from .reorder import read_in_order
 
 QUANT_METHOD = "rptq"
@@ -162,26 +162,19 @@ def save(model, tokenizer, folder, settings, provenance, save_dtype=None):
     tensors, structure = _saved_tensors(model, scale_dtype, float_dtype)
     config = model.config.to_dict()
     config["dtype"] = _dtype_name(float_dtype)
-    try:
-        with atomic_folder(folder, exclusive=True) as tmp:
-            safetensors.torch.save_file(tensors, tmp / TENSORS, metadata={"format": "pt"})
-            config["quantization_config"] = {
-                "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "label": settings["label"],
-                "settings": settings, "family": adapter_for(model.config).family, **provenance,
-                "save_dtype": _dtype_name(float_dtype), "attn_implementation": model.config._attn_implementation,
-                "tensors": {"file": TENSORS, "bytes": (tmp / TENSORS).stat().st_size,
-                            "sha256": file_sha256(tmp / TENSORS)},
-                "structure": structure}
-            (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
-            if model.generation_config is not None:
-                model.generation_config.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-    except OSError as e:  # a full disk, a size limit: nothing is left of the folder
-        raise path_error(e, folder) from None
-    except Exception as e:  # safetensors reports a failed write as its own error type
-        if "No space left" in str(e) or "File too large" in str(e) or "Quota" in str(e):
-            raise ArtifactError("cannot write {path}: {reason}", path=str(folder), reason=str(e)) from None
-        raise
+    with atomic_folder(folder, exclusive=True) as tmp:  # a refused write leaves nothing: a PathError
+        safetensors.torch.save_file(tensors, tmp / TENSORS, metadata={"format": "pt"})
+        config["quantization_config"] = {
+            "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "label": settings["label"],
+            "settings": settings, "family": adapter_for(model.config).family, **provenance,
+            "save_dtype": _dtype_name(float_dtype), "attn_implementation": model.config._attn_implementation,
+            "tensors": {"file": TENSORS, "bytes": (tmp / TENSORS).stat().st_size,
+                        "sha256": file_sha256(tmp / TENSORS)},
+            "structure": structure}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 # ---- loading: the skeleton before from_pretrained reads the tensors, the checks and hooks after ----

@@ -90,32 +90,49 @@ class PathError(RPTQError):
     filesystem, a full disk)."""
 
 
+# what libraries that do their own I/O (safetensors) say when the disk refuses a write, and the reason to give
+_WRITE_FAILURES = {"No space left on device": "the disk is full", "File too large": "the file size limit is reached",
+                   "Disk quota exceeded": "the disk quota is exceeded", "Read-only file system": "a read-only filesystem"}
+
+
 def _reason(error):
+    if not isinstance(error, OSError):
+        return next(reason for text, reason in _WRITE_FAILURES.items() if text in str(error))
     return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "a read-only filesystem", errno.EACCES: "no permission", errno.EPERM: "no permission",
             errno.EFBIG: "the file size limit is reached"}.get(error.errno, error.strerror or str(error))
 
 
+def write_failure(error):
+    """Whether error is a place refusing a write (an OSError, or a library's report of a full disk)."""
+    return isinstance(error, OSError) or any(text in str(error) for text in _WRITE_FAILURES)
+
+
 def path_error(error, path, what="write"):
-    """An OSError met while writing path, as one line naming the place and the reason."""
+    """A write failure met at path, as one line naming the place and the reason."""
     return PathError("cannot {what} {path}: {reason}", what=what, path=str(path), reason=_reason(error))
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary name beside path, for a writer that wants a file name; renamed to path when the block ends, removed
-    if it fails: readers never see half a file and an interrupted run leaves the previous version intact."""
+    if it fails: readers never see half a file and an interrupted run leaves the previous version intact. A write
+    the disk refuses (full, a size limit, read-only) is a PathError naming path."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; results are files like any other
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, Exception) and not isinstance(e, RPTQError) and write_failure(e):
+            raise path_error(e, path) from None
         raise
 
 
@@ -123,11 +140,13 @@ def atomic_path(path):
 def atomic_folder(path, exclusive=False):
     """A temporary folder beside path, filled in the block and renamed to path when it ends (an empty folder there is
     replaced), removed if it fails: readers see a whole folder or none. When another process has filled path
-    meanwhile, its copy is kept and this one discarded (a cache), or, exclusive, a PathError says so."""
+    meanwhile, its copy is kept and this one discarded (a cache), or, exclusive, a PathError says so. A write the
+    disk refuses is a PathError naming path."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
         try:
@@ -135,8 +154,13 @@ def atomic_folder(path, exclusive=False):
         except OSError as e:
             if exclusive or not path.is_dir():
                 raise path_error(e, path, "fill") from None
+    except Exception as e:
+        if isinstance(e, RPTQError) or not write_failure(e):
+            raise
+        raise path_error(e, path) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(path, write, binary=False):

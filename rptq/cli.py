@@ -27,14 +27,23 @@ class OutputPath(str):
 PATH_TYPES = {"file": FilePath, "folder": FolderPath, "output": OutputPath}
 
 
-def check_paths(args):
-    """Every path a script's arguments name (FilePath, FolderPath or OutputPath values), checked now: one line for a
-    file where a folder is expected or the reverse, no permission, a read-only filesystem."""
-    for name, value in vars(args).items():
-        if isinstance(value, FilePath) or (isinstance(value, OutputPath) and value.endswith(".json")):
-            check_file(value, name)
-        elif isinstance(value, (FolderPath, OutputPath)):
-            check_folder(value, name)
+def path_arguments(parser):
+    """The arguments of a command line that name places it writes (typed FilePath, FolderPath or OutputPath)."""
+    return [action for action in parser._actions if action.type in PATH_TYPES.values()]
+
+
+def check_paths(parser, args):
+    """Every place a script's arguments name for writing, checked now: one line for a file where a folder is expected
+    or the reverse, no permission, a read-only filesystem."""
+    for action in path_arguments(parser):
+        value = getattr(args, action.dest)
+        label = action.option_strings[0] if action.option_strings else action.dest.upper()
+        if value is None:
+            continue
+        if action.type is FilePath or (action.type is OutputPath and value.endswith(".json")):
+            check_file(value, what=label)
+        else:
+            check_folder(value, what=label)
 
 
 class UsageError(RPTQError):
@@ -125,10 +134,11 @@ def guarded(prog, body, interrupted="finished results are kept"):
 def script_main(prog, build_parser, run, argv=None):
     """A script's main(): parse argv with build_parser(), check the paths it will write, then run(args), all under
     guarded()."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     def body():
-        check_paths(args)
+        check_paths(parser, args)
         return run(args)
 
     return guarded(prog, body)

@@ -124,10 +124,11 @@ def build_parser():
 
 def main(argv=None, runner=None):
     own, extra = split_extra(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(own)
+    parser = build_parser()
+    args = parser.parse_args(own)
 
     def body():
-        check_paths(args)
+        check_paths(parser, args)
         clusters, points = cluster_list(args.clusters), point_list(args.points)
         out_dir = Path(args.out or Path("out") / "cluster_ablation" / model_name(args.model) / args.dataset)
         check_folder(out_dir, "out")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from models import ModelShape
 from rptq.base import RPTQError, atomic_write
-from rptq.cli import FilePath, OneLineParser
+from rptq.cli import FilePath, OneLineParser, check_paths, render
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table3_memory_paper.csv"
 PAPER_SETTINGS = ("W16A16", "W4A16", "W4A8", "W4A4", "W4A4KV", "W4A3KV", "W3A3KV")
@@ -258,6 +258,10 @@ def paper_summary(rows):
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    try:
+        check_paths(p, args)
+    except RPTQError as e:
+        p.error(render(e))
     if args.paper:
         rows = paper_table(p, args)
     elif args.model or args.config:
@@ -270,8 +274,8 @@ def main(argv=None):
     else:
         try:
             atomic_write(args.output, lambda f: write_csv(rows, f))
-        except OSError as e:
-            p.error(f"cannot write {args.output}: {e.strerror or e}")
+        except RPTQError as e:
+            p.error(render(e))
     if args.paper:
         print(paper_summary(rows), file=sys.stderr)
 

@@ -225,3 +225,24 @@ def test_sources_are_described_inside_the_data_folder_with_their_hash(data_dir):
     assert described[0]["file"] == "wikitext-2-raw/wiki.test.raw" and len(described[0]["sha256"]) == 64
     assert described[-1]["documents"] == [0, 500]
     assert str(data_dir) not in str(described)
+
+
+def test_runs_started_together_on_one_cache_all_succeed_and_leave_it_whole(root, tiny_opt_dir, data_dir, tmp_path):
+    """Three processes tokenize the same set into the same cache folder at once: each writes its file beside the
+    cached one and renames it into place, so none fails and a reader never sees half a file."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import hashlib, sys, datautils, transformers\n"
+            f"tok = transformers.AutoTokenizer.from_pretrained({str(tiny_opt_dir)!r})\n"
+            f"w = datautils.get_eval_windows('wikitext2', tok, 256, {str(data_dir)!r}, {str(tmp_path / 'cache')!r})\n"
+            "print(hashlib.sha256(w.numpy().tobytes()).hexdigest())\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1000:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1  # the same windows
+    (cached,) = (tmp_path / "cache").iterdir()  # one file, no temporary left
+    windows = torch.load(cached, weights_only=True)
+    assert hashlib.sha256(windows.numpy().tobytes()).hexdigest() == outputs[0][0].strip()

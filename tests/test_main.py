@@ -172,7 +172,8 @@ def test_text_that_does_not_decode_is_refused_before_quantizing(run_cli, one_lin
     one_line_error(proc, "wiki.test.raw is not UTF-8 text")
 
 
-def test_an_interrupt_before_anything_finished_says_so(root, tiny_opt_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_before_anything_finished_says_so(root, tiny_opt_dir, data_dir, tmp_path, signum):
     import signal
     import subprocess
     import sys
@@ -187,7 +188,7 @@ def test_an_interrupt_before_anything_finished_says_so(root, tiny_opt_dir, data_
         char = proc.stderr.read(1)
         assert char, seen
         seen += char
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signum))
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130
     assert rest.strip().splitlines()[-1] == ("main.py: interrupted; nothing had finished, no results file was "
@@ -346,3 +347,64 @@ def test_lazy_quantization_peak_memory_does_not_grow_with_depth(run_cli, data_di
     assert sizes[12] > 1.9 * sizes[4]
     assert abs(peaks["lazy", 12] - peaks["lazy", 4]) < 8 * layer_mib / 4, peaks
     assert peaks["whole", 12] - peaks["lazy", 12] > 12 * layer_mib / 2, peaks
+
+
+def test_an_interrupted_save_leaves_nothing_and_says_so(tiny_opt_dir, data_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM, which main.py turns into the same) while --save writes: the folder is written beside its
+    place and renamed when whole, so nothing of it is left, and the run says so."""
+    import safetensors.torch
+
+    import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    code = main.main([str(tiny_opt_dir), "--wbits", "4", "--nsamples", "1", "--seqlen", "64", "--R1_clusters", "4",
+                      "--R4_clusters", "4", "--R5_clusters", "8", "--data_dir", str(data_dir), "--cache_dir",
+                      str(tmp_path / "cache"), "--save", str(tmp_path / "saved"), "--output_path",
+                      str(tmp_path / "run.json")], prog="main.py")
+    assert code == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message == (f"main.py: interrupted; nothing had finished, no results file was written; the model was being "
+                       f"saved: nothing of it was left in {tmp_path / 'saved'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def _in_small_tmpfs(command, size="64k"):
+    """command run in a mount namespace of its own with a `size` tmpfs mounted on /mnt (a full disk that the test can
+    make), then what is left in /mnt listed on stdout after a line "left:"; None where this machine does not allow
+    it."""
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /mnt"], capture_output=True)
+    if probe.returncode:
+        return None
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /mnt && "
+                           f"{shlex.join(command)}; code=$?; echo left:; ls -A /mnt; exit $code"],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("where", ["output_path", "save"])
+def test_a_full_disk_ends_with_one_line_and_leaves_nothing_partial(root, tiny_opt_dir, data_dir, tmp_path,
+                                                                   one_line_error, where):
+    """The results file or the saved model written to a disk that fills: one line naming what could not be written
+    and where; no half file, no saved folder that would load as if whole."""
+    import sys
+
+    target = {"output_path": ["--output_path", "/mnt/run.json"],
+              "save": ["--save", "/mnt/saved", "--output_path", str(tmp_path / "run.json")]}[where]
+    proc = _in_small_tmpfs([sys.executable, str(root / "main.py"), str(tiny_opt_dir), "--wbits", "4", "--nsamples",
+                            "1", "--seqlen", "64", "--R1_clusters", "4", "--R4_clusters", "4", "--R5_clusters", "8",
+                            "--eval_ppl", "--ppl_datasets", "wikitext2", "--limit", "1", "--data_dir", str(data_dir),
+                            "--cache_dir", str(tmp_path / "cache"), *target], size="4k")
+    if proc is None:
+        pytest.skip("no mount namespace here (unshare)")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    place = "/mnt/run.json" if where == "output_path" else "/mnt/saved"
+    assert proc.stderr.strip().splitlines()[-1] == f"main.py: error: cannot write {place}: the disk is full"
+    assert proc.stdout.split("left:")[-1].split() == []  # no half file, no partial folder

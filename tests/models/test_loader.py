@@ -165,3 +165,30 @@ def test_a_folder_without_a_readable_checkpoint_is_refused_for_lazy_loading(tiny
     shutil.copy(tiny_opt_dir / "config.json", tmp_path / "config.json")
     with pytest.raises(ModelError, match="no safetensors or PyTorch checkpoint to read layer by layer"):
         load_lazily(str(tmp_path))
+
+
+def test_conversions_started_together_all_succeed_and_leave_one_whole_folder(root, smollm2, tiny_opt_dir, tmp_path):
+    """Three processes convert the same packaged model into one empty cache at once (its reading made quick and slow
+    enough to overlap): each fills a folder of its own beside the place and renames it there; the first one stays,
+    the others are discarded, and every process gets the whole folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""import time, transformers, models.packaged as packaged
+def read(path):  # stands in for reading the GGUF file: a tiny model, after a while
+    time.sleep(2)
+    source = {str(tiny_opt_dir)!r}
+    return (transformers.AutoConfig.from_pretrained(source), transformers.AutoTokenizer.from_pretrained(source),
+            transformers.AutoModelForCausalLM.from_pretrained(source))
+packaged.read_gguf = read
+folder = packaged.converted_folder(packaged.packaged_models()["smollm2-135m"])
+print(folder, sorted(p.name for p in folder.iterdir()))
+"""
+    env = {**os.environ, "RPTQ_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1000:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1 and "model.safetensors" in outputs[0][0]
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [outputs[0][0].split()[0].rsplit("/", 1)[-1]]

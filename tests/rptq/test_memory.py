@@ -1,8 +1,9 @@
 """rptq/memory.py: each stage gets its own peak, exact from VmHWM where Linux has it, sampled elsewhere."""
+import mmap
 import sys
+import time
 
 import pytest
-import torch
 
 from rptq import memory
 
@@ -10,11 +11,12 @@ MIB = 2 ** 20
 
 
 def _hold(mib, seconds=0.0):
-    import time
-
-    x = torch.ones(mib * MIB // 4)  # float32: written, so resident
+    """mib MiB of pages new to the process, written (so resident), then returned: a mapping of its own, whatever the
+    allocator kept from the tests before (freed memory it reuses would not raise the resident set)."""
+    pages = mmap.mmap(-1, mib * MIB)
+    pages.write(b"\1" * (mib * MIB))
     time.sleep(seconds)
-    del x
+    pages.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
