@@ -92,7 +92,7 @@ class ActQuantizer(nn.Module):
         assert ranges in RANGES, f"ranges is one of {RANGES}"
         self.bits, self.grid, self.ranges, self.n_clusters = bits, grid, ranges, clusters
         self.register_buffer("index", torch.zeros(channels, dtype=torch.int32))
-        self.register_buffer("scale", torch.ones(clusters))
+        self.register_buffer("scale", torch.ones(clusters, dtype=torch.float32))  # whatever the model's dtype
         self.register_buffer("zero", torch.zeros(clusters, dtype=torch.int32))
         self.calibrated = ranges != "static"
 

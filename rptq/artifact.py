@@ -153,12 +153,12 @@ def save(model, tokenizer, folder, settings, provenance, save_dtype=None):
     """Write the quantized model (on the CPU) into folder, which prepare_folder accepted, all of it or nothing.
     settings: its QuantConfig.describe(); provenance: where it came from (source model, calibration, versions).
     save_dtype: the dtype of the float tensors (embeddings, head, norms, biases, float Linears; default the
-    model's); with float16 the packed weights' scales are stored in float16 too (they round: the weights move by up
-    to ~5e-4 of themselves), else in float32, which gives the weights back exactly."""
+    model's); asked for as float16, the packed weights' scales are stored in float16 too (they round: the weights
+    move by up to ~5e-4 of themselves), else in float32, which gives the weights back exactly."""
     import safetensors.torch
 
     float_dtype = save_dtype or model.dtype
-    scale_dtype = torch.float16 if float_dtype == torch.float16 else torch.float32
+    scale_dtype = torch.float16 if save_dtype == torch.float16 else torch.float32
     tensors, structure = _saved_tensors(model, scale_dtype, float_dtype)
     config = model.config.to_dict()
     config["dtype"] = _dtype_name(float_dtype)
