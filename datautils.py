@@ -119,8 +119,8 @@ class _Source:
         except Exception as e:  # any hub failure becomes one line of advice, not a long traceback
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             mode = " in offline mode (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)" if offline else ""
-            raise DataError("cannot load {what} from the Hugging Face hub{mode}: {reason}; " + advice, option="data_dir",
-                            what=what, mode=mode, reason=reason) from None
+            raise DataError("cannot load {what} from the Hugging Face hub{mode}: {reason}; " + advice,
+                            option="data_dir", what=what, mode=mode, reason=reason) from None
         if self.hub_docs:
             return ds[self.hub_docs[0] : self.hub_docs[1]][self.column]
         return ds[self.column]

@@ -16,7 +16,8 @@ from .quantizer import (
     reduce_channels,
 )
 
-__all__ = ["GPTQ", "WEIGHT_GRANULARITIES", "WEIGHT_QUANTIZERS", "GPTQError", "column_groups", "quantize_rtn", "weight_qparams", "GRIDS", "RANGES",
+__all__ = ["GPTQ", "WEIGHT_GRANULARITIES", "WEIGHT_QUANTIZERS", "GPTQError", "column_groups", "quantize_rtn",
+           "weight_qparams", "GRIDS", "RANGES",
            "ActQuantizer", "ProbQuantizer", "choose_qparams", "cluster_index", "cluster_minmax", "dequantize",
            "fake_quantize", "quantize", "reduce_channels", "pack_codes", "packed_size", "unpack_codes", "GridError",
            "PackedLinear", "WeightGrid"]

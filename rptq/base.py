@@ -1,6 +1,6 @@
 """The bottom of the project: errors that carry what was wrong as data, registries, the file plumbing (atomic
-writes, checks of where a run will write, hashes, the cache root) and whether the Hugging Face hub can be used. It imports nothing of the project, so every
-layer (quantize, models, datautils, rptq, the CLI) may import it.
+writes, checks of where a run will write, hashes, the cache root) and whether the Hugging Face hub can be used. It
+imports nothing of the project, so every layer (quantize, models, datautils, rptq, the CLI) may import it.
 """
 import contextlib
 import errno
@@ -91,8 +91,10 @@ class PathError(RPTQError):
 
 
 # what libraries that do their own I/O (safetensors) say when the disk refuses a write, and the reason to give
-_WRITE_FAILURES = {"No space left on device": "the disk is full", "File too large": "the file size limit is reached",
-                   "Disk quota exceeded": "the disk quota is exceeded", "Read-only file system": "a read-only filesystem"}
+_WRITE_FAILURES = {"No space left on device": "the disk is full",
+                   "File too large": "the file size limit is reached",
+                   "Disk quota exceeded": "the disk quota is exceeded",
+                   "Read-only file system": "a read-only filesystem"}
 
 
 def _reason(error):

@@ -144,5 +144,64 @@ def script_main(prog, build_parser, run, argv=None):
     return guarded(prog, body)
 
 
+def window_script_parser(prog, doc, limit, limit_help):
+    """The parser of a script that evaluates a model on the first --limit test windows of one data set (prob_grid.py,
+    bos_windows.py): the model, the data, the device and a JSON --output; the script adds its own flags."""
+    import datautils
+    from models import model_names
+
+    from .config import DTYPES
+
+    p = OneLineParser(prog=prog, description=doc.split("\n\n")[0], allow_abbrev=False,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help=f"one of {', '.join(model_names())}, or a local model folder")
+    p.add_argument("--dataset", choices=datautils.EVAL_SETS, default="wikitext2")
+    p.add_argument("--limit", type=int, default=limit, help=limit_help)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=DTYPES)
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--cache_dir", default=None)
+    p.add_argument("--output", type=FilePath, default=None, help="JSON file, written atomically")
+    return p
+
+
+def load_with_windows(args):
+    """For a window_script_parser script: check the data, load args.model onto its device and cut its test windows
+    (all of them: the script runs the first --limit). Returns (Loaded, windows, device, the data set's label, the
+    sources as a record names them)."""
+    import datautils
+
+    from . import api
+    from .placement import resolve_device
+
+    device, dtype = resolve_device(args.device, args.dtype)
+    data_dir = datautils.resolve_data_dir(args.data_dir)
+    datautils.check_sources([args.dataset], None, data_dir)
+    loaded = api.load(args.model, dtype)
+    api.check_positions(loaded.model.config, args.model, args.seqlen)
+    loaded.model.to(device)
+    windows = datautils.get_eval_windows(args.dataset, loaded.tokenizer, args.seqlen, data_dir, args.cache_dir)
+    return (loaded, windows, device, datautils.eval_label(args.dataset, data_dir),
+            datautils.describe_sources([args.dataset], None, data_dir))
+
+
+def write_window_results(args, label, sources, results, **extra):
+    """A window_script_parser script's JSON at --output (if given): its settings, data, each PerplexityResult by
+    name, the library versions, and what else it says (extra)."""
+    if not args.output:
+        return
+    import dataclasses
+    import json
+
+    from . import record
+    from .base import write_text
+
+    write_text(args.output, json.dumps({
+        "model": args.model, "dataset": label, "settings": vars(args), **extra, "data": sources,
+        "ppl": {name: dataclasses.asdict(r) for name, r in results.items()}, "versions": record.versions()},
+        indent=2) + "\n")
+
+
 def note(prog, message):
     print(f"{prog}: note: {render(message) if isinstance(message, Message) else message}", file=sys.stderr)

@@ -231,9 +231,9 @@ class QuantConfig:
     R5_clusters: int = option(DEFAULT_CLUSTERS["R5"], "clusters at R5", Q, check=at_least(1), figures=True,
                               saved=True, recorded=False, needed=lambda c: c.quantizes and "5" in c.points)
     reorder: str | None = option(None, "which of R1..R5 are clustered and reordered, e.g. 12345 or 145 (unset: "
-                                 "12345; with {wbits} and {abits} 16, setting it runs the pipeline with every quantizer "
-                                 "off); a point left out gets one cluster", Q, check=point_digits, figures=True,
-                                 saved=True, record=lambda c: c.points)
+                                 "12345; with {wbits} and {abits} 16, setting it runs the pipeline with every "
+                                 "quantizer off); a point left out gets one cluster", Q, check=point_digits,
+                                 figures=True, saved=True, record=lambda c: c.points)
     only_quant_kv: bool = option(False, "quantize weights and the KV cache only (WxAyKV)", Q, figures=True,
                                  saved=True, needed=_acts, contradiction=True)
     a_dynamic: bool = option(False, "activation ranges from each forward, not calibration (so decoding token by "

@@ -12,9 +12,10 @@ from .config import ConfigError
 GIB = 2 ** 30
 
 
-def resolve_device(device=None, dtype=None):
+def resolve_device(device=None, dtype=None, here=True):
     """(device, torch dtype) from the device and dtype settings (unset: cuda if available, else cpu; float16 on cuda,
-    float32 on cpu); ConfigError if the device is unusable here."""
+    float32 on cpu); ConfigError if the device is unusable here, checked only when the run is to happen here
+    (here=False: a command written for another machine, such as a SLURM task)."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -23,7 +24,7 @@ def resolve_device(device=None, dtype=None):
     except RuntimeError:
         raise ConfigError("{device} '{value}' is not a torch device (use cpu, cuda or cuda:N)", option="device",
                           value=device) from None
-    if parsed.type == "cuda":
+    if parsed.type == "cuda" and here:
         if not torch.cuda.is_available():
             raise ConfigError("{device} {value} asked for but CUDA is not available here; use {device} cpu",
                               option="device", value=device)

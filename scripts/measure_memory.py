@@ -6,16 +6,16 @@ analytic numbers for the same shapes.
                                      [--settings FP16,W16A16,W4A16,...] [--work out/memory]
                                      [--output results/memory_measured.csv] [--plot results/memory_measured.png]
 
-An OPT name (opt-1.3b ...) is a random OPT of that shape (scripts/make_random_opt.py, made in --work if missing): no OPT checkpoint
-can be downloaded here, and bytes depend on shapes only. Each setting is quantized with round-to-nearest weights on
-one random calibration window (bytes do not depend on the calibration either), saved in --work/MODEL/SETTING (kept:
-a rerun loads it again), loaded with its float parts in float16, and prefilled with random tokens through the
-low-bit cache where K and V are quantized, the standard float16 cache otherwise. FP16 is the float model itself.
+An OPT name (opt-1.3b ...) is a random OPT of that shape (scripts/make_random_opt.py, made in --work if missing):
+no OPT checkpoint can be downloaded here, and bytes depend on shapes only. Each setting is quantized with
+round-to-nearest weights on one random calibration window (bytes do not depend on the calibration either), saved
+in --work/MODEL/SETTING (kept: a rerun loads it again), loaded with its float parts in float16, and prefilled with
+random tokens through the low-bit cache where K and V are quantized, the standard float16 cache otherwise. FP16 is
+the float model itself.
 """
 import argparse
 import csv
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn

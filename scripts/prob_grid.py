@@ -6,33 +6,16 @@ every other tensor in floating point: how much of a WxA8 loss the probability gr
 A probability below half a grid step (1 / 510 at 8 bits) becomes 0: over long contexts, heads that spread their
 attention over many tokens lose most of it.
 """
-import argparse
-import dataclasses
-import json
 import sys
 
-import datautils
-from models import model_names
-from rptq.base import check_file, write_text
-from rptq.cli import FilePath, OneLineParser, UsageError, script_main
-from rptq.config import DTYPES
+from rptq.cli import UsageError, load_with_windows, script_main, window_script_parser, write_window_results
 
 PROG = "prob_grid.py"
 
 
 def build_parser():
-    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help=f"one of {', '.join(model_names())}, or a local model folder")
+    p = window_script_parser(PROG, __doc__, 4, "first N evaluation windows")
     p.add_argument("--bits", default="8", help="comma list of probability bits")
-    p.add_argument("--dataset", choices=datautils.EVAL_SETS, default="wikitext2")
-    p.add_argument("--limit", type=int, default=4, help="first N evaluation windows")
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=DTYPES)
-    p.add_argument("--data_dir", default=None)
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--output", type=FilePath, default=None, help="JSON file, written atomically")
     return p
 
 
@@ -50,26 +33,14 @@ def run(args):
     bits = bit_list(args.bits)
     if args.limit < 1 or args.seqlen < 1:
         raise UsageError("--limit and --seqlen must be at least 1")
-    from models import load_model
     from quantize import ProbQuantizer
     from quantize.attention import ATTN_IMPLEMENTATION
     from quantize.state import state_of
-    from rptq import record
-    from rptq.api import check_positions
     from rptq.evaluate import perplexity
-    from rptq.placement import resolve_device
     from rptq.report import format_table
 
-    device, dtype = resolve_device(args.device, args.dtype)
-    data_dir = datautils.resolve_data_dir(args.data_dir)
-    datautils.check_sources([args.dataset], None, data_dir)
-    if args.output:
-        check_file(args.output, "output")
-    model, tokenizer, adapter = load_model(args.model, dtype)
-    check_positions(model.config, args.model, args.seqlen)
-    model.to(device)
-    windows = datautils.get_eval_windows(args.dataset, tokenizer, args.seqlen, data_dir, args.cache_dir)
-    label = datautils.eval_label(args.dataset, data_dir)
+    loaded, windows, device, label, sources = load_with_windows(args)
+    model, adapter = loaded.model, loaded.adapter
     results = {"float": perplexity(model, windows, device, args.limit, desc="float")}
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     attentions = [adapter.attention(layer) for layer in adapter.layers(model)]
@@ -80,12 +51,7 @@ def run(args):
     print(f"\n{args.model}  {label}, first {args.limit} windows of {args.seqlen} tokens, only the softmax "
           "probabilities quantized")
     print(format_table(["run", "ppl"], [[name, f"{r.ppl:.2f}"] for name, r in results.items()]))
-    if args.output:
-        write_text(args.output, json.dumps({
-            "model": args.model, "dataset": label, "settings": vars(args),
-            "data": datautils.describe_sources([args.dataset], None, data_dir),
-            "ppl": {name: dataclasses.asdict(r) for name, r in results.items()}, "versions": record.versions()},
-            indent=2) + "\n")
+    write_window_results(args, label, sources, results)
     return 0
 
 

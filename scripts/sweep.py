@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rptq.base import RPTQError, check_file, check_folder, write_text
-from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, check_paths, flag, given_flags, guarded, render
+from rptq.cli import FilePath, FolderPath, OneLineParser, UsageError, flag, given_flags, guarded, render
 from rptq.cli import build_parser as main_parser
 from rptq.config import RunConfig, idle, recorded_before
 from rptq.report import PAPER_DIR, TITLES, load_paper, model_name
@@ -164,11 +164,12 @@ def data_difference(before, now):
     return "recorded differently"
 
 
-def plan_runs(model, runs, evaluation, extra, out_dir):
+def plan_runs(model, runs, evaluation, extra, out_dir, here=True):
     """Check every run's settings and existing JSON before anything slow starts.
 
     runs: {name: settings}; evaluation: the settings that say what is evaluated (eval_ppl or tasks); extra: main.py
-    flags for every run; each run writes out_dir/NAME.json."""
+    flags for every run; each run writes out_dir/NAME.json. here=False: the runs will happen on other machines
+    (printed commands, SLURM tasks), so a device this machine lacks is not refused."""
     from rptq.api import data_of
     from rptq.config import check
     from rptq.placement import dtype_name, resolve_device
@@ -189,7 +190,7 @@ def plan_runs(model, runs, evaluation, extra, out_dir):
             idle_everywhere &= dropped
             chosen = {**own, **{k: v for k, v in extra_values.items() if k not in dropped}}
             cfg = RunConfig(model=model, **chosen)
-            device, dtype = resolve_device(cfg.device, cfg.dtype)
+            device, dtype = resolve_device(cfg.device, cfg.dtype, here)
             data = data_of(cfg)
             if check_clusters and cfg.quantizes:
                 check_clusters(cfg.quant())
@@ -458,7 +459,7 @@ def main(argv=None, runner=None):
         runs = {n: SETTINGS[n] for n in names}
         threads = args.threads or (default_threads(args.jobs) if args.jobs > 1 else None)
         if args.print_commands or args.slurm:
-            plans = plan_runs(args.model, runs, evaluation, extra, out_dir)
+            plans = plan_runs(args.model, runs, evaluation, extra, out_dir, here=False)
             if args.slurm:
                 write_text(args.slurm, slurm_script(plans, threads, args.slurm_option))
                 say(f"{sum(p.action != 'skip' for p in plans)} task(s) in {args.slurm}: sbatch {args.slurm}")

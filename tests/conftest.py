@@ -11,6 +11,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "offline-data"
+if os.environ.get("RPTQ_DATA_DIR"):  # absolute, so that tests running a CLI in another folder find it too
+    os.environ["RPTQ_DATA_DIR"] = str(Path(os.environ["RPTQ_DATA_DIR"]).resolve())
 SMALL_CLUSTERS = {"R1_clusters": 4, "R2_clusters": 2, "R3_clusters": 2, "R4_clusters": 4, "R5_clusters": 8}
 
 
@@ -153,6 +155,16 @@ def save_quantized(quantized, smol_tokenizer):
         return q, folder
 
     return run
+
+
+@pytest.fixture(scope="session")
+def saved_llama_w4a4kv(llama_case, save_quantized, tmp_path_factory):
+    """The tiny Llama at W4A4KV (round-to-nearest weights), saved once: (the in-memory model, test windows, folder);
+    the fast kernels' tests load it on their kernel."""
+    model, calib, test = llama_case
+    q, folder = save_quantized(model, calib, tmp_path_factory.mktemp("kernels") / "saved", wbits=4, abits=4,
+                               only_quant_kv=True, w_quantizer="normal")
+    return q, test, folder
 
 
 @pytest.fixture(scope="session")

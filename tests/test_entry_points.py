@@ -18,6 +18,7 @@ ENTRY_POINTS = {
     "scripts/cluster_ablation.py": ("scripts.cluster_ablation", ["m"]),
     "scripts/channel_ranges.py": ("scripts.channel_ranges", ["m"]),
     "scripts/prob_grid.py": ("scripts.prob_grid", ["m"]),
+    "scripts/bos_windows.py": ("scripts.bos_windows", ["m"]),
     "scripts/measure_memory.py": ("scripts.measure_memory", []),
     "scripts/memory_table.py": ("scripts.memory_table", ["--model", "opt-1.3b"]),
     "scripts/make_random_opt.py": ("scripts.make_random_opt", []),

@@ -195,3 +195,21 @@ def test_each_layer_is_calibrated_with_its_own_attention_arguments(case):
         for handle in handles:
             handle.remove()
     assert (seen["pipeline"] - seen["float"]).abs().max().item() < LAYER_OUTPUT_TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_family_quantizes_in_half_precision(case, quantized, dtype):
+    """The CUDA default's numerics on the CPU, for every family (tests/test_device.py goes further on OPT and Llama):
+    the reorder alone keeps the half-precision logits up to that dtype's rounding of sums taken in another order, and
+    W4A4 gives finite logits that differ from them. bfloat16 keeps 3 fewer mantissa bits than float16, so 8 times the
+    tolerance (largest differences measured: gemma3_text 1.3e-2 / 0.12, the others at most 9.8e-4 / 8.7e-3 in
+    float16 / bfloat16)."""
+    _, model, calib, test = case
+    half = copy.deepcopy(model).to(dtype)
+    reordered, _ = quantized(half, calib, wbits=16, abits=16, reorder="12345")
+    w4a4, _ = quantized(half, calib, **W4A4)
+    want = _logits(half, test).float()
+    assert (_logits(reordered, test).float() - want).abs().max().item() < {torch.float16: 5e-2}.get(dtype, 0.4)
+    logits = _logits(w4a4, test).float()
+    assert torch.isfinite(logits).all() and (logits - want).abs().max().item() > 1e-2
+    assert next(w4a4.parameters()).dtype == dtype

@@ -73,10 +73,8 @@ def test_a_model_switches_kernel_once_and_wider_codes_stay_exact():
         use_kernel(model, "int3")
 
 
-def test_a_saved_model_decodes_on_the_fused_kernel_with_its_quantizers(llama_case, save_quantized, tmp_path):
-    model, calib, test = llama_case
-    q, folder = save_quantized(model, calib, tmp_path / "saved", wbits=4, abits=4, only_quant_kv=True,
-                               w_quantizer="normal")
+def test_a_saved_model_decodes_on_the_fused_kernel_with_its_quantizers(saved_llama_w4a4kv):
+    q, test, folder = saved_llama_w4a4kv
     exact, _, _, _ = artifact.load(folder)
     fast, _, adapter, _ = artifact.load(folder, kernel="fused")
     assert all(isinstance(m.kernel, FusedKernel) for m in fast.modules() if isinstance(m, PackedLinear))

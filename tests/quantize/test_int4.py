@@ -102,10 +102,8 @@ def test_codes_wider_than_4_bits_stay_on_the_exact_kernel():
     assert model[0].kernel is not None and model[3].kernel is None
 
 
-def test_a_saved_model_loads_onto_the_int4_kernel_with_its_quantizers_and_cache(llama_case, save_quantized, tmp_path):
-    model, calib, test = llama_case
-    q, folder = save_quantized(model, calib, tmp_path / "saved", wbits=4, abits=4, only_quant_kv=True,
-                               w_quantizer="normal")
+def test_a_saved_model_loads_onto_the_int4_kernel_with_its_quantizers_and_cache(saved_llama_w4a4kv):
+    q, test, folder = saved_llama_w4a4kv
     exact, _, _, _ = artifact.load(folder)
     fast, _, adapter, _ = artifact.load(folder, kernel="int4")
     linears = [m for m in fast.modules() if isinstance(m, PackedLinear)]

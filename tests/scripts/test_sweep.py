@@ -235,3 +235,18 @@ def test_print_commands_gives_one_self_contained_command_per_missing_setting(tmp
     assert line.startswith(f"cd {Path.cwd()} && RPTQ_DATA_DIR={data_dir} OMP_NUM_THREADS=3 ")
     assert line.endswith(f"main.py {MODEL} --eval_ppl --wbits 4 --abits 4 --output_path {tmp_path}/W4A4.json "
                          "--limit 2")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_slurm_script_for_gpus_is_written_on_a_machine_without_one(tmp_path, capsys, monkeypatch, data_dir):
+    """The array runs on GPU nodes, the script is written on a login node: --device cuda is not refused there,
+    while a run here with it is."""
+    monkeypatch.setenv("RPTQ_DATA_DIR", str(data_dir))
+    script = tmp_path / "table1.sbatch"
+    assert sweep.main([*sweep_argv(tmp_path / "out")[:7], "--slurm", str(script), "--slurm_option=--gpus=1", "--",
+                       "--device", "cuda"], never_called) == 0
+    text = script.read_text()
+    assert "#SBATCH --gpus=1" in text and text.count("--device cuda ;;") == 2
+    capsys.readouterr()
+    assert sweep.main(sweep_argv(tmp_path / "out", "--device", "cuda"), never_called) == 2
+    assert "CUDA is not available here" in capsys.readouterr().err
