@@ -151,6 +151,9 @@ def atomic_folder(path, exclusive=False):
         tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
+        for file in tmp.rglob("*"):  # some writers (safetensors) make their files private: a folder is shared whole
+            if file.is_file():
+                os.chmod(file, 0o666 & ~_UMASK)
         try:
             os.rename(tmp, path)
         except OSError as e:

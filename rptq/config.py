@@ -385,7 +385,9 @@ class RunConfig(QuantConfig):
                                     "the GPUs, auto: the same; sequential: fill GPU 0 first); the model is then "
                                     "loaded lazily", R, choices=DEVICE_MAPS)
     max_memory: str | None = option(None, "budgets for {device_map}, e.g. 0=70GiB,1=70GiB,cpu=200GiB (GPU indices and "
-                                    "cpu; KB..TB or KiB..TiB, B always bytes; unset: what the devices have free)", R,
+                                    "cpu; KB..TB or KiB..TiB, B always bytes; unset: what the devices have free); they "
+                                    "place the weights only: activations, the K/V cache and the process come on top",
+                                    R,
                                     check=_budgets_check, needed=lambda c: c.device_map is not None,
                                     idle_because="no {device_map}")
     offload_folder: str | None = option(None, "load the model lazily (one decoder layer in memory at a time, read "

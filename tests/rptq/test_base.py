@@ -90,6 +90,19 @@ def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (tmp_path / "model" / "weights").read_text() == "whole"
 
 
+def test_atomic_folder_shares_files_a_writer_made_private(tmp_path):
+    """safetensors writes its files 0600: a saved model or a converted cache is for every user the umask allows."""
+    with atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "sub").mkdir()
+        for name in ("model.safetensors", "sub/more"):
+            (tmp / name).write_text("x")
+            os.chmod(tmp / name, 0o600)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {os.stat(tmp_path / "model" / n).st_mode & 0o777 for n in ("model.safetensors", "sub/more")}
+    assert modes == {0o666 & ~umask} and os.stat(tmp_path / "model").st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_atomic_folder_made_meanwhile_by_another_process_is_kept(tmp_path):
     with atomic_folder(tmp_path / "model") as tmp:
         (tmp / "weights").write_text("mine")
