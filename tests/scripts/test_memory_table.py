@@ -156,7 +156,8 @@ def test_an_empty_paper_table_exits_2_with_one_line(run_script, one_line_error, 
 
 def test_an_output_under_a_regular_file_exits_2_with_one_line(run_script, one_line_error, tmp_path):
     (tmp_path / "file").write_text("")
-    one_line_error(run_script("--model", "opt-1.3b", "--output", tmp_path / "file" / "t.csv"), "is a file, not a folder")
+    one_line_error(run_script("--model", "opt-1.3b", "--output", tmp_path / "file" / "t.csv"),
+                   "is a file, not a folder")
 
 
 def test_a_family_shape_counts_grouped_kv_heads_three_mlp_matrices_and_its_head_dim():
