@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_BITS = 8  # codes are held in uint8
+WIDE_BITS = 32  # wider whole numbers (a weight's zero points) pack through pack_wide
 
 
 def packed_size(count, bits):
@@ -64,3 +65,22 @@ def unpack_codes(packed, bits, count, dtype=torch.uint8):
     words = (padded << torch.arange(0, 8 * bits, 8, device=packed.device)).sum(-1, keepdim=True)
     codes = (words >> torch.arange(0, 8 * bits, bits, device=packed.device)) & mask
     return codes.flatten(-2)[..., :count].to(dtype)
+
+
+def pack_wide(values, bits):
+    """Whole numbers 0 .. 2^bits - 1 (bits up to WIDE_BITS, any integer or float dtype) [..., n] -> uint8
+    [..., packed_size(n, bits)], in pack_codes' bit stream; bit by bit, for small tensors such as zero points."""
+    assert 1 <= bits <= WIDE_BITS, f"wide values are packed at 1 to {WIDE_BITS} bits, got {bits}"
+    n = values.shape[-1]
+    planes = (values.long().unsqueeze(-1) >> torch.arange(bits, device=values.device)) & 1  # [..., n, bits]
+    stream = planes.flatten(-2)  # bit j of value i is bit i * bits + j of the stream
+    stream = F.pad(stream, (0, -stream.shape[-1] % 8)).unflatten(-1, (-1, 8))
+    return (stream << torch.arange(8, device=values.device)).sum(-1).to(torch.uint8)[..., :packed_size(n, bits)]
+
+
+def unpack_wide(packed, bits, count):
+    """The inverse of pack_wide: uint8 [..., packed_size(count, bits)] -> int64 [..., count]."""
+    assert packed.dtype == torch.uint8 and packed.shape[-1] == packed_size(count, bits)
+    stream = ((packed.long().unsqueeze(-1) >> torch.arange(8, device=packed.device)) & 1).flatten(-2)
+    planes = stream[..., :count * bits].unflatten(-1, (count, bits))
+    return (planes << torch.arange(bits, device=packed.device)).sum(-1)

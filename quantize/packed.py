@@ -24,13 +24,12 @@ from rptq.base import RPTQError
 
 from .fused import FusedKernel
 from .int4 import Int4Kernel
-from .pack import pack_codes, packed_size, unpack_codes
+from .pack import WIDE_BITS, pack_codes, pack_wide, packed_size, unpack_codes, unpack_wide
 from .quantizer import dequantize, qrange, quantize
 
 # Zero points are integers, unclamped: with the reference's 1e-4 scale floor a one-channel group holding 3.3 needs
-# -33,000, beyond int16 (SmolLM2 has such weights). Each weight's zeros take the narrowest type that holds them all.
-ZERO_DTYPES = (torch.int8, torch.int16, torch.int32)
-ZERO_DTYPE = torch.int32
+# -33,000, beyond int16 (SmolLM2 has such weights). A weight's zeros are stored as zero - zero_offset (its smallest)
+# in zero_bits bits, as few as their span takes (SmolLM2: 10 to 17, where int16 and int32 would take 16 or 32).
 INDEX_DTYPE = torch.int32
 # code + (qmin - zero) is computed in float32: exact, and equal to (code + qmin) - zero, for integers below 2^24
 EXACT_INTEGERS = 2 ** 24 - 2 ** 8
@@ -42,21 +41,19 @@ class GridError(RPTQError):
     """A weight that should sit on its quantization grid does not: its codes would not give it back."""
 
 
-def stored_zero(zero, dtype=ZERO_DTYPE):
-    """Zero points as they are stored (in dtype); GridError for one that type cannot hold, rather than wrap it."""
-    stored = zero.to(dtype)
-    if not torch.equal(stored.to(zero.dtype), zero):
-        raise GridError(f"a zero point ({zero.abs().max().item():.3g}) is beyond {dtype}")
-    return stored
-
-
-def compact_zero(zero):
-    """Zero points in the narrowest of ZERO_DTYPES holding every one of them; GridError beyond EXACT_INTEGERS."""
-    low, high = (zero.min().item(), zero.max().item()) if zero.numel() else (0, 0)
+def zero_layout(zero):
+    """(zero_offset, zero_bits) that hold these zero points (integers); GridError beyond EXACT_INTEGERS."""
+    if not torch.equal(zero, zero.round()):
+        raise GridError("a zero point is not a whole number")
+    low, high = (int(zero.min().item()), int(zero.max().item())) if zero.numel() else (0, 0)
     if max(-low, high) > EXACT_INTEGERS:
         raise GridError(f"a zero point ({max(-low, high):.3g}) is beyond the integers float32 holds exactly")
-    dtype = next(t for t in ZERO_DTYPES if torch.iinfo(t).min <= low and high <= torch.iinfo(t).max)
-    return stored_zero(zero, dtype)
+    return low, max(1, (high - low).bit_length())
+
+
+def group_bits(n_groups):
+    """Bits a column's group id takes."""
+    return max(1, (n_groups - 1).bit_length())
 
 
 @dataclass
@@ -98,20 +95,22 @@ class WeightGrid:
 
 
 class PackedLinear(nn.Module):
-    """A Linear whose weight is held as densely packed `bits`-bit codes with one float32 scale and one integer zero
-    (int8, int16 or int32: zero_dtype) per output row and column group, run by the exact kernel, and by another
-    one for short inputs once set_kernel() chose it."""
+    """A Linear whose weight is held as densely packed `bits`-bit codes with one float32 (or float16) scale and one
+    integer zero per output row and column group, the zeros packed too (zero_layout), run by the exact kernel, and
+    by another one for short inputs once set_kernel() chose it."""
 
-    def __init__(self, in_features, out_features, bits, n_groups, bias=True, dtype=None, zero_dtype=ZERO_DTYPE,
-                 scale_dtype=torch.float32):
+    def __init__(self, in_features, out_features, bits, n_groups, bias=True, dtype=None, zero_offset=0,
+                 zero_bits=WIDE_BITS, scale_dtype=torch.float32):
         super().__init__()
-        if zero_dtype not in ZERO_DTYPES:
-            raise ValueError(f"zero points are stored as one of {ZERO_DTYPES}, not {zero_dtype}")
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.zero_offset, self.zero_bits = zero_offset, zero_bits
         self.register_buffer("codes", torch.zeros(packed_size(in_features * out_features, bits), dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features, n_groups, dtype=scale_dtype))
-        self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=zero_dtype))
-        self.register_buffer("groups", torch.zeros(in_features, dtype=INDEX_DTYPE))
+        self.register_buffer("zero_codes", torch.zeros(packed_size(out_features * n_groups, zero_bits),
+                                                       dtype=torch.uint8))
+        # the group of each input column, packed at the bits n_groups - 1 takes
+        self.register_buffer("group_codes", torch.zeros(packed_size(in_features, group_bits(n_groups)),
+                                                        dtype=torch.uint8))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.kernel = None  # the module of the kernel set_kernel() chose
 
@@ -121,16 +120,28 @@ class PackedLinear(nn.Module):
         """The packed Linear of a fake-quantized one; scale_dtype float16 rounds the scales (the weight it then gives
         back is within ~5e-4 of itself, no longer the same)."""
         weight = linear.weight.detach().cpu()
-        zero = compact_zero(grid.zero)
+        offset, bits = zero_layout(grid.zero)
         packed = cls(linear.in_features, linear.out_features, grid.bits, grid.scale.shape[1],
-                     linear.bias is not None, weight.dtype, zero.dtype, scale_dtype)
+                     linear.bias is not None, weight.dtype, offset, bits, scale_dtype)
         packed.codes.copy_(pack_codes(grid.codes(weight).flatten(), grid.bits))
         packed.scale.copy_(grid.scale)
-        packed.zero.copy_(zero)
-        packed.groups.copy_(grid.groups)
+        packed.zero_codes.copy_(pack_wide(grid.zero.flatten().long() - offset, bits))
+        packed.group_codes.copy_(pack_wide(grid.groups, group_bits(grid.scale.shape[1])))
         if linear.bias is not None:
             packed.bias.copy_(linear.bias.detach())
         return packed
+
+    @property
+    def groups(self):
+        """The group of each input column, int32 [cols]."""
+        bits = group_bits(self.scale.shape[1])
+        return unpack_wide(self.group_codes, bits, self.in_features).to(INDEX_DTYPE)
+
+    @property
+    def zero(self):
+        """The zero points, int32 [rows, n_groups], unpacked (they take a few bytes per row)."""
+        zero = unpack_wide(self.zero_codes, self.zero_bits, self.scale.numel()) + self.zero_offset
+        return zero.view_as(self.scale).to(torch.int32)
 
     def weight_grid(self):
         return WeightGrid(self.bits, self.groups.long(), self.scale, self.zero.float())
@@ -141,13 +152,13 @@ class PackedLinear(nn.Module):
         return codes.view(self.out_features, -1)
 
     def dequantized_weight(self, dtype):
-        """[rows, cols] in dtype: (code + (qmin - zero)) * scale in float32, the integer sum exact (compact_zero),
+        """[rows, cols] in dtype: (code + (qmin - zero)) * scale in float32, the integer sum exact (zero_layout),
         so the same single rounding as the quantizer's (q - zero) * scale."""
         if self.codes is None:  # released for the fused kernel's layout, which gives the same weight
             return self.kernel.dequantized_weight(dtype)
-        offset = qrange(self.bits)[0] - self.zero.float()
-        weight = self.unpacked_codes(torch.float32).add_(offset.index_select(1, self.groups))
-        return weight.mul_(self.scale.index_select(1, self.groups)).to(dtype)
+        offset, groups = qrange(self.bits)[0] - self.zero.float(), self.groups
+        weight = self.unpacked_codes(torch.float32).add_(offset.index_select(1, groups))
+        return weight.mul_(self.scale.index_select(1, groups)).to(dtype)
 
     @torch.no_grad()
     def set_kernel(self, name):
@@ -158,7 +169,7 @@ class PackedLinear(nn.Module):
         assert self.kernel is None and self.bits <= kernel.max_bits, f"one kernel, for at most {kernel.max_bits} bits"
         self.kernel = kernel(self.unpacked_codes(), self.groups, self.scale, self.zero, self.bits)
         if name == "fused":
-            for buffer in ("codes", "scale", "zero", "groups"):
+            for buffer in ("codes", "scale", "zero_codes", "group_codes"):
                 setattr(self, buffer, None)
 
     def forward(self, x):
@@ -169,7 +180,7 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}, zero_bits={self.zero_bits}")
 
 
 def use_kernel(model, kernel):

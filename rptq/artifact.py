@@ -25,7 +25,8 @@ from torch import nn
 from models import adapter_for
 from models.packaged import quiet_loading
 from quantize import ActQuantizer, PackedLinear, ProbQuantizer
-from quantize.packed import ZERO_DTYPES, use_kernel
+from quantize.pack import WIDE_BITS
+from quantize.packed import use_kernel
 from quantize.state import STATE, state_of
 
 from .base import RPTQError, atomic_folder, check_folder, file_sha256
@@ -129,7 +130,8 @@ def _saved_tensors(model, scale_dtype, float_dtype):
             structure["packed_linears"][name] = {
                 "bits": packed.bits, "in_features": packed.in_features, "out_features": packed.out_features,
                 "groups": packed.scale.shape[1], "bias": packed.bias is not None,
-                "zero_dtype": _dtype_name(packed.zero.dtype), "scale_dtype": _dtype_name(packed.scale.dtype)}
+                "zero_offset": packed.zero_offset, "zero_bits": packed.zero_bits,
+                "scale_dtype": _dtype_name(packed.scale.dtype)}
             replaced.update(f"{name}.{k}" for k in ("weight", "bias"))
         if state.quantizers:
             structure["act_quantizers"][name] = {where: {"bits": q.bits, "channels": len(q.index),
@@ -197,14 +199,14 @@ def build_skeleton(model, manifest):
                 spec["in_features"], spec["out_features"]):
             raise ArtifactError(f"{CONFIG}: {name} is not a {spec['in_features']} -> {spec['out_features']} Linear "
                                 "in this model")
-        zero_dtype = getattr(torch, spec["zero_dtype"], None)
-        if zero_dtype not in ZERO_DTYPES:
-            raise ArtifactError(f"{CONFIG}: {name} keeps its zero points as {spec['zero_dtype']}, not one of "
-                                f"{', '.join(map(_dtype_name, ZERO_DTYPES))}")
+        if not (isinstance(spec.get("zero_bits"), int) and 1 <= spec["zero_bits"] <= WIDE_BITS
+                and isinstance(spec.get("zero_offset"), int)):
+            raise ArtifactError(f"{CONFIG}: {name} gives no zero_offset and zero_bits (1 to {WIDE_BITS}) for its "
+                                "zero points")
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, PackedLinear(
             spec["in_features"], spec["out_features"], spec["bits"], spec["groups"], spec["bias"],
-            linear.weight.dtype, zero_dtype, getattr(torch, spec["scale_dtype"])))
+            linear.weight.dtype, spec["zero_offset"], spec["zero_bits"], getattr(torch, spec["scale_dtype"])))
     adapter = adapter_for(model.config)
     names = {id(module): name for name, module in model.named_modules()}
     act, probs = dict(structure["act_quantizers"]), dict(structure["prob_quantizers"])

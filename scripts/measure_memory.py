@@ -16,6 +16,7 @@ the float model itself.
 import argparse
 import csv
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -119,8 +120,10 @@ def analytic_bytes(shape, label, batch, seqlen):
 
 def measure(name, label, source, work, batch, seqlen):
     import rptq
+    from rptq.report import model_name
 
-    loaded = rptq.load(source if label == "FP16" else saved_model(source, label, work / name / label), torch.float16)
+    folder = work / model_name(name) / label  # a local model's folder name, not its path
+    loaded = rptq.load(source if label == "FP16" else saved_model(source, label, folder), torch.float16)
     model, adapter = loaded.model, loaded.adapter
     parts = weight_bytes(model, adapter)
     kv_values, kv_grids = kv_bytes(model, adapter, batch, seqlen)
@@ -229,11 +232,11 @@ def run(args):
         raise UsageError(f"--seqlen takes a comma list of integers, got '{args.seqlen}'") from None
     if len(lengths) != len(models) or min(lengths) < 1 or args.batch < 1:
         raise UsageError(f"--seqlen needs one positive length per model ({len(models)}), --batch a positive number")
-    rows = []
+    rows, work = [], Path(args.work)
     for name, seqlen in zip(models, lengths):
-        source = model_source(name, args.work)
+        source = model_source(name, work)
         for label in settings:
-            rows.append(measure(name, label, source, args.work, args.batch, seqlen))
+            rows.append(measure(name, label, source, work, args.batch, seqlen))
             print(f"{PROG}: {name} {label} measured", file=sys.stderr)
     rows = with_fp16_ratio(rows)
     print(summary_table(rows))

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from quantize import GPTQ, cluster_index, column_groups, quantize_rtn
-from quantize.packed import EXACT_INTEGERS, GridError, PackedLinear, WeightGrid, compact_zero
+from quantize.pack import packed_size
+from quantize.packed import EXACT_INTEGERS, GridError, PackedLinear, WeightGrid, zero_layout
 
 GROUPS = cluster_index([5, 9, 3])  # 17 input columns in 3 groups of uneven sizes
 
@@ -38,38 +39,36 @@ def test_gptq_with_act_order_gives_the_grid_of_each_column_group():
     assert torch.equal(PackedLinear.from_linear(linear, grid)(x), linear(x))
 
 
-@pytest.mark.parametrize("value, zero_dtype", [(5.0, torch.int32), (-4.0, torch.int32), (0.7, torch.int16),
-                                               (0.001, torch.int8)])
-def test_a_one_column_group_far_from_zero_keeps_its_weight(value, zero_dtype):
+@pytest.mark.parametrize("value", [5.0, -4.0, 0.7, 0.001])
+def test_a_one_column_group_far_from_zero_keeps_its_weight(value):
     """A group of one column has a range of zero, so its scale is the 1e-4 floor and its zero point about
-    -value / 1e-4: -50,000 for 5.0, beyond int16 (SmolLM2 has weights beyond 3.3 in such groups). Zeros take the
-    narrowest type that holds them."""
+    -value / 1e-4: -50,000 for 5.0, beyond int16 (SmolLM2 has weights beyond 3.3 in such groups). The zeros are
+    packed in as many bits as their span takes, and give the weight back exactly."""
     linear = _linear()
     with torch.no_grad():
         linear.weight[:, 0] = value
     groups = cluster_index([1, 16])
     scale, zero = quantize_rtn(linear, groups, 4)
     packed = PackedLinear.from_linear(linear, WeightGrid.from_expanded(4, groups, scale, zero))
-    assert packed.zero.dtype == zero_dtype
+    assert torch.equal(packed.zero.float(), WeightGrid.from_expanded(4, groups, scale, zero).zero)
+    assert packed.zero_bits == (int(packed.zero.max()) - int(packed.zero.min())).bit_length()
+    assert packed.zero_codes.numel() == packed_size(2 * 6, packed.zero_bits)
     assert torch.equal(packed.dequantized_weight(torch.float32), linear.weight)
     x = torch.randn(3, 17)
     assert torch.equal(packed(x), linear(x))
 
 
-@pytest.mark.parametrize("low, high, dtype", [(-128, 127, torch.int8), (-129, 0, torch.int16), (0, 128, torch.int16),
-                                              (-32768, 32767, torch.int16), (0, 32768, torch.int32),
-                                              (-EXACT_INTEGERS, 0, torch.int32)])
-def test_zero_points_take_the_narrowest_type_that_holds_them(low, high, dtype):
-    zero = torch.tensor([[low, 0.0], [3.0, high]])
-    stored = compact_zero(zero)
-    assert stored.dtype == dtype and torch.equal(stored.float(), zero)
+@pytest.mark.parametrize("low, high, bits", [(0, 0, 1), (-128, 127, 8), (-129, 127, 9), (5, 6, 1), (0, 32768, 16),
+                                             (-EXACT_INTEGERS, EXACT_INTEGERS, 25)])
+def test_zero_points_take_the_bits_of_their_span(low, high, bits):
+    assert zero_layout(torch.tensor([[low, float(low)], [float(high), high]])) == (low, bits)
 
 
 def test_zero_points_beyond_exact_float32_integers_or_not_integers_are_refused():
     with pytest.raises(GridError, match="float32 holds exactly"):
-        compact_zero(torch.tensor([[EXACT_INTEGERS + 1.0]]))
-    with pytest.raises(GridError, match="beyond torch.int8"):
-        compact_zero(torch.tensor([[0.5]]))
+        zero_layout(torch.tensor([[EXACT_INTEGERS + 1.0]]))
+    with pytest.raises(GridError, match="not a whole number"):
+        zero_layout(torch.tensor([[0.5]]))
 
 
 def test_a_weight_off_its_grid_is_refused_not_packed():

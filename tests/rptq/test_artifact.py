@@ -104,8 +104,9 @@ def test_the_config_describes_the_tensors(saved_opt):
     assert tensors["model.decoder.layers.0.fc1.codes"].dtype == torch.uint8
     assert tensors["model.decoder.layers.0.fc1.codes"].shape == (64 * 256 // 2,)
     assert tensors["model.decoder.layers.0.fc1.scale"].shape == (256, 4) and fc1["scale_dtype"] == "float32"
-    assert tensors["model.decoder.layers.0.fc1.zero"].dtype == getattr(torch, fc1["zero_dtype"])
-    assert fc1["zero_dtype"] in ("int8", "int16", "int32")  # the narrowest that holds them
+    zero_codes = tensors["model.decoder.layers.0.fc1.zero_codes"]  # zero - zero_offset in zero_bits bits
+    assert zero_codes.dtype == torch.uint8 and zero_codes.numel() == -(-256 * 4 * fc1["zero_bits"] // 8)
+    assert isinstance(fc1["zero_offset"], int) and 1 <= fc1["zero_bits"] <= 32
     k = "model.decoder.layers.0.self_attn.k_proj"
     assert structure["act_quantizers"][k] == {"output": {"bits": 4, "grid": "paper", "ranges": "static",
                                                          "clusters": 8, "channels": 64}}

@@ -36,3 +36,17 @@ def test_bad_lists_are_one_line(capsys):
     assert measure_memory.main(["--models", "opt-1.3b", "--seqlen", "256,256"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "unknown W4A5" in err[0] and "one positive length per model" in err[1]
+
+
+def test_the_script_measures_a_local_model_end_to_end(tiny_opt_dir, tmp_path):
+    """The command as a user runs it, on a tiny local model: each setting saved once in --work, reloaded, measured."""
+    import csv
+
+    out = tmp_path / "memory.csv"
+    argv = ["--models", str(tiny_opt_dir), "--seqlen", "16", "--settings", "FP16,W4A4KV", "--work",
+            str(tmp_path / "work"), "--output", str(out)]
+    assert measure_memory.main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["setting"] for r in rows] == ["FP16", "W4A4KV"]
+    assert artifact.is_saved(tmp_path / "work" / tiny_opt_dir.name / "W4A4KV")  # in --work, not the model's folder
+    assert int(rows[1]["weight_codes"]) > 0 == int(rows[0]["weight_codes"])
