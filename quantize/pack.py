@@ -79,8 +79,15 @@ def pack_wide(values, bits):
 
 
 def unpack_wide(packed, bits, count):
-    """The inverse of pack_wide: uint8 [..., packed_size(count, bits)] -> int64 [..., count]."""
+    """The inverse of pack_wide: uint8 [..., packed_size(count, bits)] -> int64 [..., count]. A value's bits lie in
+    the ceil((bits + 7) / 8) bytes from the one holding its first bit: they are read as one integer (int32 where it
+    fits) and shifted into place."""
     assert packed.dtype == torch.uint8 and packed.shape[-1] == packed_size(count, bits)
-    stream = ((packed.long().unsqueeze(-1) >> torch.arange(8, device=packed.device)) & 1).flatten(-2)
-    planes = stream[..., :count * bits].unflatten(-1, (count, bits))
-    return (planes << torch.arange(bits, device=packed.device)).sum(-1)
+    first_bit = torch.arange(count, device=packed.device) * bits
+    start, shift = first_bit // 8, first_bit % 8
+    span = (bits + 7 + 7) // 8  # bytes a value can touch
+    padded = F.pad(packed, (0, span - 1)).to(torch.int32 if span < 4 else torch.int64)
+    word = padded.index_select(-1, start)
+    for k in range(1, span):
+        word |= padded.index_select(-1, start + k) << (8 * k)
+    return ((word >> shift.to(word.dtype)) & (2 ** bits - 1)).long()

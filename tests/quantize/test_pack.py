@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from quantize.pack import pack_codes, packed_size, unpack_codes
+from quantize.pack import pack_codes, pack_wide, packed_size, unpack_codes, unpack_wide
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -47,3 +47,16 @@ def test_sizes_and_bad_input():
         pack_codes(torch.zeros(4, dtype=torch.uint8), 9)
     with pytest.raises(AssertionError, match="take 2 bytes"):
         unpack_codes(torch.zeros(3, dtype=torch.uint8), 4, 4)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8, 9, 12, 16, 17, 24, 25, 32])
+@pytest.mark.parametrize("count", [1, 7, 8, 33])
+def test_wide_values_round_trip_in_the_codes_bit_stream(bits, count):
+    """Zero points and column groups: any width up to 32 bits, the stream pack_codes writes where both apply."""
+    values = torch.randint(0, 2 ** min(bits, 31), (2, count), generator=torch.Generator().manual_seed(bits))
+    values[0, 0] = 2 ** bits - 1  # the widest value
+    packed = pack_wide(values, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, packed_size(count, bits))
+    assert torch.equal(unpack_wide(packed, bits, count), values)
+    if bits <= 8:
+        assert torch.equal(packed, pack_codes(values.to(torch.uint8), bits))
