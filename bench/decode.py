@@ -6,11 +6,12 @@ fused one).
 All run in the device's default dtype (float32 on the CPU, where float16 matrix products are slower, float16 on
 CUDA), one after the other within each repeat, and the best of --repeats is kept for each. Kernels
 (quantize/packed.py): "exact" dequantizes every weight at every step and gives the fake-quantized model's logits bit
-for bit; "fused" (CPU only) reads the codes in a compiled float32 kernel, "int4" runs torch's int4 kernel (bfloat16
-activations and scales); both round differently from "exact".
+for bit; "fused" (CPU only) reads the codes in a compiled float32 kernel, and runs the activation quantizers and the
+low-bit cache by compiled kernels (the same values) and attention without quantized probabilities by torch's fused
+kernel; "int4" runs torch's int4 kernel (bfloat16 activations and scales); both round differently from "exact".
 
     python bench/decode.py [--setting W4A4KV] [--kernels exact,int4,fused] [--prompt_tokens 256] [--new_tokens 32]
-                           [--repeats 3] [--device cpu]
+                           [--repeats 5] [--device cpu]
 """
 import argparse
 from pathlib import Path
@@ -37,7 +38,7 @@ def main():
     p.add_argument("--kernels", default="exact,int4,fused", help=f"comma list of {', '.join(KERNELS)}")
     p.add_argument("--prompt_tokens", type=int, default=256)
     p.add_argument("--new_tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default=None)
     p.add_argument("--work", type=Path, default=Path("out/memory"))
     args = p.parse_args()

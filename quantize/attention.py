@@ -12,19 +12,27 @@ block (for a causal mask: up to the block's last row; for a sliding window also 
 skipped keys would get probability exactly 0), the mask added only from its first non-zero column, and grouped-query
 heads reading their K/V head without copying it.
 
+In a model whose config carries FUSED_ATTENTION (use_kernel(model, "fused") sets it), attention that quantizes no
+probabilities runs torch's fused attention on a few query rows (decoding) instead: one call rather than about ten,
+rounding differently.
+
 Sliding windows reach attention through the mask alone: transformers builds each layer type's mask with the mask
 function registered below for this implementation, the window included.
 """
 import weakref
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
-from .state import state_of
+from .kvcache import ON_GRID
+from .state import FUSED_ATTENTION, state_of
 
 ATTN_IMPLEMENTATION = "rptq_eager"
 QUERY_BLOCK = 128  # a [heads, 128, keys] score block stays in cache; 256 stalls on memory
+# fused attention decodes; longer inputs (prompts, windows) stay exact, as for Linears (at most one query block)
+FUSED_MAX_QUERIES = 32
 _PLANS = {}  # id(mask) -> (tag, plan) while the mask lives: every layer of a type gets the same mask in one forward
 
 
@@ -33,6 +41,9 @@ def apply_tensor_hooks(state, name, x):
     [b, t, heads * d]."""
     hooks = state.taps[name] if state is not None else None
     if not hooks:
+        return x
+    on_grid = getattr(x, ON_GRID, None)  # keys from a low-bit cache, on the grid of their only hook: as they are
+    if on_grid is not None and all(fn is on_grid for fn in hooks.values()):
         return x
     b, h, t, d = x.shape
     flat = x.transpose(1, 2).reshape(b, t, h * d)
@@ -101,7 +112,15 @@ def quantized_prob_attention(module, query, key, value, attention_mask, scaling,
     sliding_window is already in attention_mask."""
     state = state_of(module)
     query, key = apply_tensor_hooks(state, "query", query), apply_tensor_hooks(state, "key", key)
-    return blocked_attention(query, key, value, attention_mask, scaling, state and state.prob_quant, softcap), None
+    prob_quant = state and state.prob_quant
+    if (getattr(getattr(module, "config", None), FUSED_ATTENTION, False) and prob_quant is None and softcap is None
+            and query.shape[2] <= FUSED_MAX_QUERIES):
+        (_, _, k0, k1, first_masked), = block_plan(attention_mask, query.shape[2], key.shape[2])  # one block
+        mask = None if k0 == 0 and first_masked == k1 == key.shape[2] else attention_mask  # None: all keys seen
+        out = F.scaled_dot_product_attention(query, key, value, mask, scale=scaling,
+                                             enable_gqa=query.shape[1] != key.shape[1])
+        return out.transpose(1, 2), None
+    return blocked_attention(query, key, value, attention_mask, scaling, prob_quant, softcap), None
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, quantized_prob_attention)

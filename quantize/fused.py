@@ -3,53 +3,43 @@ codes once and never building W, in float32: the exact kernel's outputs up to th
 differences near 1e-7).
 
 Its layout, built once when a PackedLinear switches to it, holds the weight in as many bytes as the packed codes:
-the input columns in group order (perm; starts [n_groups + 1] bounds each group), the codes of one column for every
-output row in one row of bytes [cols, rows / 2] (byte b: row b in the low nibble, row b + rows / 2 in the high one;
-rows rounded up to even), scale and zero transposed to [n_groups, rows]. The kernel (fused_linear.cpp) adds
-code * x into one float32 accumulator per output row, column by column (a loop over rows the compiler vectorizes),
-and then, per group, scale * (accumulator + (qmin - zero) * the group's sum of x): (q - zero) * scale with
-q = code + qmin. It is compiled on first use by torch.utils.cpp_extension (a C++ compiler and ninja are needed; the
-build is cached) for this machine's CPU.
+the input columns in group order (perm; starts [n_groups + 1] bounds each group), the output rows in blocks of
+BLOCK_ROWS (rows rounded up to whole blocks; an extra row has scale 0), and the codes of one block as [cols,
+BLOCK_ROWS / 2] bytes, contiguous (byte j: row j of the block in the low nibble, row j + BLOCK_ROWS / 2 in the high
+one); scale and zero transposed to [n_groups, rows]. The kernel (cpu_kernels.cpp, built by quantize/compiled.py)
+runs the blocks in parallel: for each it adds code * x into BLOCK_ROWS float32 sums, which stay in vector registers,
+column by column, and then, per group, scale * (sums + (qmin - zero) * the group's sum of x): (q - zero) * scale
+with q = code + qmin.
 
 The exact weight, (code + qmin - zero) * scale rounded once, is dequantized from the same layout, bit for bit.
 """
-from functools import cache
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import cpu_kernels
 from .quantizer import qrange
 
-
-@cache
-def extension():
-    """The compiled kernel (built on first call, then cached on disk by torch)."""
-    from torch.utils.cpp_extension import load
-
-    return load(name="rptq_fused_linear", sources=[str(Path(__file__).with_name("fused_linear.cpp"))],
-                extra_cflags=["-O3", "-march=native"])
+BLOCK_ROWS = 32  # as kBlockRows in cpu_kernels.cpp
 
 
 def fused_layout(codes, groups, scale, zero):
     """codes uint8 [rows, cols] (0 .. 15), groups [cols], scale and zero [rows, n_groups] -> (pairs uint8
-    [cols, rows' / 2], starts int32 [n_groups + 1], perm int32 [cols], scale float32 and zero [n_groups, rows'],
-    zero in its own integer dtype), rows' = rows rounded up to even (an extra row has scale 0)."""
-    extra = codes.shape[0] % 2
+    [rows' / BLOCK_ROWS, cols, BLOCK_ROWS / 2], starts int32 [n_groups + 1], perm int32 [cols], scale float32 and
+    zero [n_groups, rows'], zero in its own integer dtype), rows' = rows rounded up to whole blocks."""
+    extra = -codes.shape[0] % BLOCK_ROWS
     codes, scale, zero = (F.pad(t, (0, 0, 0, extra)) for t in (codes, scale, zero))
     groups = groups.long()
     perm = torch.argsort(groups, stable=True)
     sizes = torch.bincount(groups, minlength=scale.shape[1])
     starts = F.pad(sizes.cumsum(0), (1, 0))
-    by_column = codes[:, perm].t()  # [cols, rows']
-    half = by_column.shape[1] // 2
-    pairs = by_column[:, :half] | by_column[:, half:] << 4
+    halves = codes[:, perm].unflatten(0, (-1, 2, BLOCK_ROWS // 2))  # [blocks, low/high, rows / 2, cols]
+    pairs = (halves[:, 0] | halves[:, 1] << 4).transpose(1, 2)  # [blocks, cols, rows / 2]
     return (pairs.contiguous(), starts.int(), perm.int(), scale.float().t().contiguous(), zero.t().contiguous())
 
 
 class FusedKernel(nn.Module):
-    """x [..., cols] -> x W^T [..., rows] (no bias) in x's dtype, by fused_linear.cpp; dequantized_weight gives the
+    """x [..., cols] -> x W^T [..., rows] (no bias) in x's dtype, by cpu_kernels.cpp; dequantized_weight gives the
     exact W."""
 
     max_bits = 4  # two codes per byte
@@ -69,24 +59,25 @@ class FusedKernel(nn.Module):
         for name, tensor in (("pairs", pairs), ("starts", starts), ("perm", perm), ("scale_t", scale_t),
                              ("zero_t", zero_t)):
             self.register_buffer(name, tensor)
-        extension()  # built now rather than at the first forward
+        cpu_kernels()  # built now rather than at the first forward
 
     def forward(self, x):
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        y = extension().fused_linear(flat, self.pairs, self.starts, self.perm, self.scale_t, self.zero_t, self.qmin)
-        return y[:, :self.out_features].to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        y = cpu_kernels().fused_linear(flat, self.pairs, self.starts, self.perm, self.scale_t, self.zero_t, self.qmin)
+        if y.shape[1] != self.out_features:
+            y = y[:, :self.out_features]
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def dequantized_weight(self, dtype):
         """[rows, cols] in dtype: (code + (qmin - zero)) * scale in float32, as PackedLinear.dequantized_weight."""
-        half = self.pairs.shape[1]
-        codes = self.pairs.new_empty(len(self.pairs), 2 * half, dtype=torch.float32)  # [cols, rows'], group order
-        codes[:, :half], codes[:, half:] = self.pairs & 15, self.pairs >> 4
+        halves = torch.stack([self.pairs & 15, self.pairs >> 4], 1)  # [blocks, low/high, cols, rows / 2]
+        codes = halves.permute(0, 1, 3, 2).flatten(0, 2).float()  # [rows', cols], columns in group order
         group = torch.repeat_interleave(torch.arange(len(self.starts) - 1, device=codes.device),
                                         self.starts.diff().long())
-        offset = (self.qmin - self.zero_t.float()).index_select(0, group)
-        by_column = codes.add_(offset).mul_(self.scale_t.index_select(0, group))
+        offset = (self.qmin - self.zero_t.float()).index_select(0, group).t()
+        by_row = codes.add_(offset).mul_(self.scale_t.index_select(0, group).t())
         weight = torch.empty(self.out_features, self.in_features, device=codes.device)
-        weight[:, self.perm.long()] = by_column[:, :self.out_features].t()
+        weight[:, self.perm.long()] = by_row[:self.out_features]
         return weight.to(dtype)
 
     def extra_repr(self):

@@ -4,7 +4,8 @@ bit-packed and runs it by one of three kernels (use_kernel):
 - "exact", the default: the codes are dequantized, (q - zero) * scale in float32 rounded once to the input's dtype,
   then F.linear: the outputs of the fake-quantized Linear it replaces, bit for bit.
 - "fused" (quantize/fused.py, CPU): a compiled kernel reads the codes from a layout built once, in as many bytes,
-  and never builds the weight; float32 throughout, it differs from "exact" by the order of float32 sums.
+  and never builds the weight; float32 throughout, it differs from "exact" by the order of float32 sums. use_kernel
+  also moves the rest of a decoding step to compiled kernels (quantize/compiled.py) and torch's fused attention.
 - "int4" (quantize/int4.py): torch's int4 matrix kernel (its CPU port, or tinygemm on CUDA) from a layout built
   once, padded; bfloat16 scales, activations and outputs, so it rounds differently.
 The last two run inputs of a few rows (decoding) and are asked for by name; longer inputs (a prompt, an evaluation
@@ -25,7 +26,8 @@ from rptq.base import RPTQError
 from .fused import FusedKernel
 from .int4 import Int4Kernel
 from .pack import WIDE_BITS, pack_codes, pack_wide, packed_size, unpack_codes, unpack_wide
-from .quantizer import dequantize, qrange, quantize
+from .quantizer import ActQuantizer, dequantize, qrange, quantize
+from .state import FUSED_ATTENTION
 
 # Zero points are integers, unclamped: with the reference's 1e-4 scale floor a one-channel group holding 3.3 needs
 # -33,000, beyond int16 (SmolLM2 has such weights). A weight's zeros are stored as zero - zero_offset (its smallest)
@@ -186,10 +188,19 @@ class PackedLinear(nn.Module):
 def use_kernel(model, kernel):
     """Run the model's PackedLinears by `kernel` (KERNELS), in place: "exact" leaves them as they are; "fused" and
     "int4" go to those of at most 4 bits that have no other kernel yet (wider ones stay exact), built for the
-    device they are on, so move the model first. Returns how many have a kernel other than the exact one."""
+    device they are on, so move the model first. "fused" also gives the activation quantizers, and the low-bit
+    K/V cache made from them, the compiled CPU kernels, which give the same values bit for bit, and a model with a
+    config decodes attention that quantizes no probabilities by torch's fused kernel (quantize/attention.py),
+    which rounds differently. Returns how many PackedLinears have a kernel other than the exact one."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel '{kernel}' (choose from {', '.join(KERNELS)})")
     linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    if kernel == "fused":
+        for quantizer in model.modules():
+            if isinstance(quantizer, ActQuantizer):
+                quantizer.compiled = True
+        if hasattr(model, "config"):
+            setattr(model.config, FUSED_ATTENTION, True)
     if kernel != "exact":
         for linear in linears:
             if linear.kernel is None and linear.bits <= KERNEL_CLASSES[kernel].max_bits:

@@ -13,6 +13,8 @@ beyond 1: W4A16 goes from 35 to 3606), so that clamp is not reproduced.
 import torch
 from torch import nn
 
+from .compiled import cpu_kernels
+
 GRIDS = ("paper", "full")
 MIN_SCALE, MAX_SCALE = 1e-4, 1e4  # the reference's clamps (its CLIPMIN)
 
@@ -84,6 +86,8 @@ class ActQuantizer(nn.Module):
     tensor (all its tokens); "token": per token over all channels, from each forward (no groups: index unused).
     Its tensors are what a saved model keeps: index int32 [C] (the group of each channel; groups need not be
     contiguous), and per group scale float32 [K] and zero int32 [K]; each forward gathers them per channel.
+    compiled (set by use_kernel(model, "fused")): static grids on the CPU run as one compiled pass, the same values
+    bit for bit (quantize/compiled.py), rather than as several torch operations.
     """
 
     def __init__(self, bits, channels, clusters, grid="paper", ranges="static"):
@@ -95,6 +99,7 @@ class ActQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(clusters, dtype=torch.float32))  # whatever the model's dtype
         self.register_buffer("zero", torch.zeros(clusters, dtype=torch.int32))
         self.calibrated = ranges != "static"
+        self.compiled = False
 
     @classmethod
     def of(cls, bits, index, grid="paper", ranges="static"):
@@ -119,13 +124,18 @@ class ActQuantizer(nn.Module):
         if self.ranges == "token":
             scale, zero = choose_qparams(x.amin(-1, keepdim=True), x.amax(-1, keepdim=True), self.bits, self.grid)
             return fake_quantize(x, scale, zero, self.bits)
-        index = self.index.long()
         if self.ranges == "dynamic":
+            index = self.index.long()
             lo, hi = cluster_minmax(x, index, self.n_clusters)
             scale, zero = choose_qparams(lo, hi, self.bits, self.grid)
             return fake_quantize(x, scale[index], zero[index], self.bits)
         if not self.calibrated:
             raise RuntimeError("static activation quantizer used before calibration")
+        if self.compiled and x.device.type == "cpu":
+            out = cpu_kernels().fake_quantize(x.float().contiguous(), self.index, self.scale.float(), self.zero,
+                                              *qrange(self.bits))
+            return out.to(x.dtype)
+        index = self.index.long()
         return fake_quantize(x, self.scale[index], self.zero[index], self.bits)
 
     def extra_repr(self):

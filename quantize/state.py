@@ -15,6 +15,7 @@ from torch.utils.hooks import RemovableHandle
 
 STATE = "rptq"  # the child's name: only where it is attached, and in saved tensors' names
 TAPS = ("query", "key")  # the attention tensors hooks can see (quantize/attention.py)
+FUSED_ATTENTION = "rptq_fused_attention"  # a model config's flag: decode attention by torch's fused kernel
 
 
 class ModuleState(nn.Module):

@@ -2,17 +2,22 @@
 import copy
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.cpp_extension import is_ninja_available
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "offline-data"
 if os.environ.get("RPTQ_DATA_DIR"):  # absolute, so that tests running a CLI in another folder find it too
     os.environ["RPTQ_DATA_DIR"] = str(Path(os.environ["RPTQ_DATA_DIR"]).resolve())
+# quantize/compiled.py builds its kernels on first use
+needs_compiler = pytest.mark.skipif(not (is_ninja_available() and shutil.which(os.environ.get("CXX", "c++"))),
+                                    reason="the compiled CPU kernels need a C++ compiler and ninja")
 SMALL_CLUSTERS = {"R1_clusters": 4, "R2_clusters": 2, "R3_clusters": 2, "R4_clusters": 4, "R5_clusters": 8}
 
 

@@ -1,11 +1,19 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from quantize import ProbQuantizer
-from quantize.attention import QUERY_BLOCK, block_plan, blocked_attention, quantized_prob_attention
-from quantize.state import state_of
+from quantize.attention import (
+    FUSED_MAX_QUERIES,
+    QUERY_BLOCK,
+    block_plan,
+    blocked_attention,
+    quantized_prob_attention,
+)
+from quantize.state import FUSED_ATTENTION, state_of
 
 
 def _additive_causal_mask(q_len, k_len, window=None):
@@ -22,7 +30,7 @@ def _additive_causal_mask(q_len, k_len, window=None):
     (QUERY_BLOCK + 70, QUERY_BLOCK + 70, 2, None),          # grouped-query
     (3 * QUERY_BLOCK + 10, 3 * QUERY_BLOCK + 10, 2, 100),   # a sliding window shorter than a block
     (3, 300, 4, 100)])                                      # decoding in a sliding window
-@pytest.mark.parametrize("fn", ["blocked", "module"])
+@pytest.mark.parametrize("fn", ["blocked", "module", "fused"])
 def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads, window, fn):
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, q_len, 16, generator=gen)
@@ -33,7 +41,9 @@ def test_blocked_attention_equals_plain_attention(q_len, k_len, kv_heads, window
     if fn == "blocked":
         out = blocked_attention(q, k, v, mask, scaling=0.25)
     else:
-        out, _ = quantized_prob_attention(nn.Module(), q, k, v, mask, scaling=0.25)
+        module = nn.Module()
+        module.config = SimpleNamespace(**{FUSED_ATTENTION: fn == "fused"})  # decoding by torch's fused kernel
+        out, _ = quantized_prob_attention(module, q, k, v, mask, scaling=0.25)
     groups = 4 // kv_heads
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
                                          attn_mask=mask, scale=0.25)
@@ -51,6 +61,23 @@ def test_probabilities_are_quantized_when_the_module_asks():
     probs = out.transpose(1, 2)
     assert torch.allclose(probs * 7, torch.round(probs * 7), atol=1e-5)  # every value on the 3-bit grid
     assert (probs[..., 0, 1:] == 0).all()  # the mask still holds
+
+
+def test_fused_attention_takes_only_a_few_queries_that_quantize_no_probabilities(monkeypatch):
+    fused = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: fused.append(a[3]) or sdpa(*a, **k))
+    module = nn.Module()
+    module.config = SimpleNamespace(**{FUSED_ATTENTION: True})
+    q, k, v = torch.randn(1, 4, FUSED_MAX_QUERIES + 1, 8), torch.randn(1, 2, 40, 8), torch.randn(1, 2, 40, 8)
+    mask = _additive_causal_mask(FUSED_MAX_QUERIES + 1, 40)
+    quantized_prob_attention(module, q[:, :, -1:], k, v, mask[..., -1:, :], scaling=1.0)
+    quantized_prob_attention(module, q[:, :, -2:], k, v, mask[..., -2:, :], scaling=1.0)
+    assert len(fused) == 2 and fused[0] is None and fused[1] is not None  # a mask that hides nothing is dropped
+    quantized_prob_attention(module, q, k, v, mask, scaling=1.0)  # a prompt: blocks, as without the flag
+    state_of(module, create=True).prob_quant = ProbQuantizer(8)
+    quantized_prob_attention(module, q[:, :, -1:], k, v, mask[..., -1:, :], scaling=1.0)
+    assert len(fused) == 2
 
 
 def test_query_and_key_hooks_see_head_major_channels_and_can_replace_them():

@@ -1,21 +1,18 @@
 """quantize/fused.py and PackedLinear's fused kernel: the exact weight from the fused layout bit for bit, and the
 exact outputs up to the order of float32 sums."""
-import os
-import shutil
-
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.cpp_extension import is_ninja_available
 
 from quantize import cluster_index, quantize_rtn
 from quantize.fused import FusedKernel, fused_layout
 from quantize.packed import PackedLinear, WeightGrid, use_kernel
 from rptq import artifact
 from rptq.generate import new_cache
+from tests.conftest import needs_compiler
 
-pytestmark = pytest.mark.skipif(not (is_ninja_available() and shutil.which(os.environ.get("CXX", "c++"))),
-                                reason="the fused kernel is compiled on first use: it needs a C++ compiler and ninja")
+pytestmark = needs_compiler
 MAX_ROWS = FusedKernel.max_rows
 FLOAT32_TOLERANCE = 1e-6  # float32 sums in another order, relative
 
@@ -36,22 +33,23 @@ def _relative_error(got, want):
     return ((got - want).norm() / want.norm()).item()
 
 
-def test_the_layout_holds_each_column_once_in_group_order_two_rows_a_byte():
-    packed, _ = _packed(4, rows=23)  # odd: a row of scale 0 is added
+def test_the_layout_holds_each_column_once_in_group_order_two_rows_a_byte_in_blocks():
+    packed, _ = _packed(4, rows=40)  # 2 blocks of 32 rows, the second with 24 rows of scale 0
     codes = packed.unpacked_codes()
     pairs, starts, perm, scale_t, zero_t = fused_layout(codes, packed.groups, packed.scale, packed.zero)
-    assert pairs.shape == (75, 12) and pairs.dtype == torch.uint8  # as many bytes as the packed codes, rounded
+    assert pairs.shape == (2, 75, 16) and pairs.dtype == torch.uint8 and pairs.is_contiguous()
     assert starts.tolist() == [0, 1, 9, 42, 58, 75] and sorted(perm.tolist()) == list(range(75))
     assert torch.equal(packed.groups[perm.long()], torch.repeat_interleave(torch.arange(5), starts.diff()).int())
-    by_column = codes[:, perm.long()].t()  # [75, 23]: rows 0-11 in the low nibbles, 12-22 (and 0s) in the high
-    assert torch.equal(pairs & 15, by_column[:, :12]) and torch.equal(pairs[:, :11] >> 4, by_column[:, 12:])
-    assert not (pairs[:, 11] >> 4).any()
-    assert torch.equal(scale_t[:, :23], packed.scale.t()) and not scale_t[:, 23].any()
+    by_column = F.pad(codes[:, perm.long()], (0, 0, 0, 24)).t()  # [75, 64], rows 40-63 all 0
+    for block in range(2):  # byte j: row j of the block in the low nibble, row j + 16 in the high one
+        rows = by_column[:, 32 * block:32 * block + 32]
+        assert torch.equal(pairs[block] & 15, rows[:, :16]) and torch.equal(pairs[block] >> 4, rows[:, 16:])
+    assert torch.equal(scale_t[:, :40], packed.scale.t()) and not scale_t[:, 40:].any()
     assert zero_t.dtype == packed.zero.dtype
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("rows", [24, 23])
+@pytest.mark.parametrize("rows", [24, 23, 70])
 def test_the_fused_kernel_gives_the_exact_weight_and_outputs_up_to_float32_sums(bits, rows):
     packed, linear = _packed(bits, rows)
     weight = packed.dequantized_weight(torch.float32)

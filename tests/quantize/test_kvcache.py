@@ -30,7 +30,7 @@ def test_codes_decode_to_the_fake_quantized_values_exactly(bits):
     flat = torch.randn(2, 5, HEADS * HEAD_DIM) * 4  # beyond the calibrated ranges too: clamped alike
     codes = grid.encode(flat)
     assert codes.dtype == torch.uint8 and codes.shape == (2, 5, -(-HEADS * HEAD_DIM * bits // 8))
-    assert torch.equal(grid.decode(codes, torch.float32), quantizer(flat))
+    assert torch.equal(grid.decode(codes, torch.float32, HEADS), _heads(quantizer(flat)))
     assert grid.scale.shape == (4,)  # per cluster, not per channel
 
 

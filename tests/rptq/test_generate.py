@@ -5,8 +5,10 @@ from transformers import DynamicCache
 
 from models import adapter_for
 from quantize.kvcache import PackedKVCache
+from quantize.packed import use_kernel
 from rptq import artifact
 from rptq.generate import greedy, new_cache
+from tests.conftest import needs_compiler
 
 CASES = {
     "opt-W4A4": ("opt_case", dict(wbits=4, abits=4)),
@@ -55,3 +57,21 @@ def test_without_static_k_and_v_grids_the_standard_cache_is_used(opt_case, quant
     model, calib, _ = opt_case
     q, _ = quantized(model, calib, w_quantizer="normal", **kw)
     assert type(new_cache(q, adapter_for(q.config))) is DynamicCache
+
+
+@needs_compiler
+def test_compiled_quantizers_and_cache_decode_the_same_logits_and_skip_requantizing_cached_keys(llama_case,
+                                                                                               quantized):
+    model, calib, test = llama_case
+    q, _ = quantized(model, calib, w_quantizer="normal", wbits=4, abits=4)
+    adapter, prompt = adapter_for(q.config), test[:1, :16]
+    key_quantizer = adapter.cache_sites(adapter.layers(q)[0])[0].quantizer()
+    rows = []
+    key_quantizer.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[1]))
+    _, want, _, _ = greedy(q, prompt, DynamicCache(config=q.config), 4)
+    assert rows == [16, 17, 18, 19]  # the float cache's keys are quantized at every step, all of them
+    assert use_kernel(q, "fused") == 0  # no packed Linears in memory: only the quantizers and the cache
+    cache = new_cache(q, adapter)
+    _, got, _, _ = greedy(q, prompt, cache, 4)
+    assert cache.layers[0].key_grid.compiled and torch.equal(got, want)
+    assert rows == [16, 17, 18, 19]  # the low-bit cache's keys are on the grid already: not quantized again
