@@ -42,7 +42,7 @@ def apply_tensor_hooks(state, name, x):
     hooks = state.taps[name] if state is not None else None
     if not hooks:
         return x
-    on_grid = getattr(x, ON_GRID, None)  # keys from a low-bit cache, on the grid of their only hook: as they are
+    on_grid = getattr(x, ON_GRID, None)  # keys from a low-bit cache, already the output of their only hook
     if on_grid is not None and all(fn is on_grid for fn in hooks.values()):
         return x
     b, h, t, d = x.shape

@@ -86,12 +86,10 @@ class KVGrid:
         return flat.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-# A tensor attribute: the quantizer on whose grid a low-bit cache decoded the keys it returns. Quantizing them again
-# with it gives them back unchanged, so attention skips that quantizer on them (quantize/attention.py): at every
-# step it would run over every cached token. Unchanged because v = q - zero, an integer below IDEMPOTENT, comes back
-# from (v * s) / s within 2^21 * 2^-23 of itself (two float32 roundings), so rounds to v again.
+# A tensor attribute: the quantizer whose output a low-bit cache's keys are. Decoding gives that output bit for bit,
+# as when the quantizer runs on the keys a float cache holds, so attention does not run it on them again
+# (quantize/attention.py): at every step it would run over every cached token.
 ON_GRID = "rptq_on_grid"
-IDEMPOTENT = 2 ** 21
 
 
 def _heads_last(states):
@@ -119,8 +117,6 @@ class PackedKVLayer(DynamicLayer):
                                  f"{states.shape[1] * states.shape[3]}")
         self.key_grid, self.value_grid = self.key_grid.to(self.device), self.value_grid.to(self.device)
         self.split = [packed_size(grid.channels, grid.bits) for grid in (self.key_grid, self.value_grid)]
-        idempotent = self.key_grid.zero.abs().max() + 2 ** self.key_grid.bits < IDEMPOTENT
-        self.keys_on_grid = self.key_grid.source if idempotent else None
         if (self.key_grid.bits == self.value_grid.bits and self.key_grid.channels * self.key_grid.bits % 8 == 0
                 and not self.key_grid.compiled):
             self.joint = KVGrid.joined(self.key_grid, self.value_grid)
@@ -147,8 +143,7 @@ class PackedKVLayer(DynamicLayer):
             both = self.joint.decode(torch.cat([self.keys, self.values], -1), self.dtype)[:, 0]  # [b, t, C_k + C_v]
             keys, values = (x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
                             for x in both.split([grid.channels for grid in grids], -1))
-        if self.keys_on_grid is not None:
-            setattr(keys, ON_GRID, self.keys_on_grid)
+        setattr(keys, ON_GRID, self.key_grid.source)
         return keys, values
 
 
