@@ -10,12 +10,12 @@ pytestmark = needs_compiler
 CHANNELS, HEADS = 39, 3  # odd: a 4-bit row ends in half a byte
 
 
-def _quantizer(bits, seed=0):
+def _quantizer(bits, seed=0, channels=CHANNELS):
     gen = torch.Generator().manual_seed(seed)
-    index = torch.randint(0, 5, (CHANNELS,), generator=gen)
+    index = torch.randint(0, 5, (channels,), generator=gen)
     index[:5] = torch.arange(5)
     quantizer = ActQuantizer.of(bits, index)
-    quantizer.set_ranges(*cluster_minmax(torch.randn(64, CHANNELS, generator=gen) * 3, index, 5))
+    quantizer.set_ranges(*cluster_minmax(torch.randn(64, channels, generator=gen) * 3, index, 5))
     return quantizer
 
 
@@ -55,12 +55,16 @@ def test_compiled_kv_codes_are_the_same_bytes_and_decode_to_the_same_values(bits
 
 
 def test_a_compiled_quantizer_hands_its_kernels_to_the_cache_it_makes():
-    key, value = _quantizer(4, 0), _quantizer(4, 1)
-    for quantizer in (key, value):
-        quantizer.compiled = True
-    layer = PackedKVLayer(KVGrid.of(key), KVGrid.of(value))
-    states = [torch.randn(1, 5, CHANNELS).unflatten(-1, (HEADS, -1)).transpose(1, 2) for _ in range(2)]
-    layer.update(*states)
-    assert layer.key_grid.compiled and layer.joint is None  # compiled grids need no joint one
+    channels = 2 * CHANNELS  # whole bytes of 4-bit codes: a torch cache would join K and V in one grid
+    states = [torch.randn(1, 5, channels).unflatten(-1, (HEADS, -1)).transpose(1, 2) for _ in range(2)]
+    layers = {}
+    for compiled in (False, True):
+        key, value = _quantizer(4, 0, channels), _quantizer(4, 1, channels)
+        key.compiled = value.compiled = compiled
+        layers[compiled] = PackedKVLayer(KVGrid.of(key), KVGrid.of(value))
+        layers[compiled].update(*states)
+    assert layers[False].joint is not None and not layers[False].key_grid.compiled
+    assert layers[True].key_grid.compiled and layers[True].joint is None  # compiled grids need no joint one
+    assert torch.equal(layers[True].keys, layers[False].keys) and torch.equal(layers[True].values, layers[False].values)
     key.compiled = False
     assert not KVGrid.joined(KVGrid.of(key), KVGrid.of(value)).compiled
